@@ -1,0 +1,229 @@
+"""The one settings object: every ``STREAMSCORE_*`` variable, validated at start.
+
+Nothing else in the product reads the environment. A bad value is reported by
+:func:`load_settings` as :class:`~streams.errors.ConfigError` naming the
+variable, and the command line turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "STREAMSCORE_"
+
+# Kafka's own rule for topic names (legal characters, at most 249 of them).
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+
+_BROKER_URL = re.compile(
+    r"^(?:(?:kafka|aiokafka)://)?(?P<host>[^:/,\s]+)(?::(?P<port>\d{1,5}))?/?$"
+)
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class Settings(BaseSettings):
+    """Configuration of a worker and of the operator commands (environment only)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # -- the contract's variables -------------------------------------------------------
+    broker: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s), comma separated"
+    )
+    app_id: str = Field(
+        "streamscore",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$",
+        description="Faust app id = consumer group",
+    )
+    events_topic: TopicName = Field("events", description="input events")
+    features_topic: TopicName = Field("features", description="profile feature updates")
+    scores_topic: TopicName = Field("scores", description="output scores")
+    dlq_topic: TopicName = Field("events.dlq", description="dead letters")
+    partitions: int = Field(8, ge=1, le=10_000, description="partitions for topics the app creates")
+    replication_factor: int = Field(
+        1, ge=1, le=16, description="replicas of topics the app creates (3 on a real cluster)"
+    )
+    max_batch_size: int = Field(256, ge=1, le=65_536, description="upper bound of one model batch")
+    max_wait_ms: float = Field(
+        10.0, ge=0, le=60_000, description="no event waits longer than this for its batch to start"
+    )
+    max_in_flight: int = Field(
+        4096,
+        ge=1,
+        le=10_000_000,
+        description="events between consume and emit before intake pauses",
+    )
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+    model: str | None = Field(None, description="model artifact path or registry name")
+    web_port: int = Field(6066, ge=1, le=65_535, description="HTTP port for /metrics and /health/*")
+    data_dir: Path = Field(Path("./data"), description="RocksDB state and other local state")
+    model_registry: Path | None = Field(None, description="model registry directory")
+    control_topic: TopicName = Field("streamscore.control", description="the rollout plan")
+    shadow_topic: TopicName = Field("scores.shadow", description="scores of the shadow model")
+
+    # -- group membership and commits (not in the contract's table; add-only) -----------
+    session_timeout_ms: int = Field(
+        10_000, ge=1_000, le=300_000, description="consumer group session timeout"
+    )
+    heartbeat_interval_ms: int = Field(
+        1_000, ge=100, le=60_000, description="consumer group heartbeat interval"
+    )
+    rebalance_timeout_ms: int = Field(
+        20_000, ge=1_000, le=600_000, description="time members get to rejoin on a rebalance"
+    )
+    fetch_max_wait_ms: int | None = Field(
+        None,
+        ge=1,
+        le=30_000,
+        description="longest a fetch waits for data (default: 500 on Kafka, 10 on the "
+        "embedded broker, which answers a waiting fetch only when it expires)",
+    )
+    commit_interval_ms: int = Field(
+        1_000, ge=50, le=600_000, description="how often acknowledged offsets are committed"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="worker log level"
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="intra-op threads of the model (default: cores - 1)"
+    )
+    drain_timeout_ms: int = Field(
+        15_000,
+        ge=100,
+        le=600_000,
+        description="how long a rebalance or shutdown waits for in-flight events "
+        "before leaving them to be re-read (below the rebalance timeout)",
+    )
+
+    # -- Kafka security pass-through ------------------------------------------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with a SASL_* protocol)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client private key (mutual TLS)")
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not parts:
+            raise ValueError("at least one broker URL is required, e.g. kafka://127.0.0.1:9092")
+        for part in parts:
+            match = _BROKER_URL.match(part)
+            if match is None or (match["port"] and not 0 < int(match["port"]) < 65_536):
+                raise ValueError(f"{part!r} is not a broker URL like kafka://HOST:PORT")
+        return ",".join(parts)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.max_in_flight < self.max_batch_size:
+            raise ValueError(
+                f"STREAMSCORE_MAX_IN_FLIGHT ({self.max_in_flight}) must be at least "
+                f"STREAMSCORE_MAX_BATCH_SIZE ({self.max_batch_size}), or batches could never fill"
+            )
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "STREAMSCORE_HEARTBEAT_INTERVAL_MS must be at most a third of "
+                "STREAMSCORE_SESSION_TIMEOUT_MS"
+            )
+        if self.drain_timeout_ms >= self.rebalance_timeout_ms:
+            raise ValueError(
+                "STREAMSCORE_DRAIN_TIMEOUT_MS must be below STREAMSCORE_REBALANCE_TIMEOUT_MS, "
+                "or a rebalance would drop this worker from the group while it drains"
+            )
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise ValueError(
+                "a SASL security protocol needs STREAMSCORE_KAFKA_SASL_MECHANISM, "
+                "STREAMSCORE_KAFKA_SASL_USERNAME and STREAMSCORE_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    # -- derived values -------------------------------------------------------------------
+    @cached_property
+    def bootstrap_servers(self) -> str:
+        """``host:port,host:port`` for clients that do not take URLs."""
+        hosts = []
+        for part in self.broker.split(","):
+            match = _BROKER_URL.match(part)
+            assert match is not None  # checked by the validator
+            hosts.append(f"{match['host']}:{match['port'] or 9092}")
+        return ",".join(hosts)
+
+    @property
+    def faust_broker(self) -> str:
+        """The broker list as Faust wants it (``kafka://h:p;kafka://h:p``)."""
+        return ";".join(f"kafka://{hp}" for hp in self.bootstrap_servers.split(","))
+
+    @property
+    def registry_dir(self) -> Path:
+        return (
+            self.model_registry if self.model_registry is not None else self.data_dir / "registry"
+        )
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every confluent-kafka client of the product."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            password = self.kafka_sasl_password
+            config["sasl.password"] = password.get_secret_value() if password else ""
+        if self.kafka_ssl_cafile:
+            config["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            config["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            config["ssl.key.location"] = str(self.kafka_ssl_keyfile)
+        return config
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment; raise :class:`ConfigError` with a readable reason."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad variable, named as the operator typed it."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not field:  # a rule across variables: its message names them
+            lines.append(message)
+            continue
+        given = error.get("input")
+        shown = "" if "password" in field else f" (got {given!r})"
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
