@@ -1,0 +1,1 @@
+"""Torch models, their preprocessing, artifacts and training (no Kafka in here)."""
