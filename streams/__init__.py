@@ -1,0 +1,4 @@
+"""streamscore's Kafka side: the Faust app, its agents and the pipeline stages.
+
+Read ``streams/score_agent.py`` for the path of an event, top to bottom.
+"""

@@ -1,0 +1,234 @@
+"""The bulk path: Faust's consumer hands whole fetched chunks to our agents.
+
+Faust keeps what it is good at: the consumer group, partition assignment,
+offset commits, tables, recovery and the worker. What it is slow at is
+per-event delivery (a Stream iteration, a task switch and an ack per event,
+near 5k events/s here), so for the *bulk topics* (events and features) this
+consumer overrides the fetch loop and hands each partition's fetched records
+to a sink as one :class:`Chunk`. Other topics (table changelogs during
+recovery) still go through Faust's per-message path.
+
+Commits stay Faust's: its commit timer asks :meth:`BulkConsumer._new_offset`,
+which for bulk partitions answers from :class:`streams.flow.Flow` (the lowest
+offset whose output is not yet acknowledged). Rebalances and shutdown drain
+the flow before Faust commits (:meth:`BulkConsumer.wait_empty`).
+
+This leans on private methods of faust-streaming 0.15.3 (pinned), all in
+this one module: ``_drain_messages``, ``_wait_next_records``, ``_getmany``,
+``_new_offset``, ``_filter_tps_with_pending_acks`` and the per-message
+bookkeeping copied from ``Consumer._drain_messages``. The integration tests
+(restart, rebalance, recovery) fail if any of these change meaning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from time import monotonic
+from typing import Any, NamedTuple, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.embedded import probe_end_offsets
+from streams.flow import Flow
+
+log = logging.getLogger(__name__)
+
+
+class Chunk(NamedTuple):
+    """Records of one partition from one fetch, in offset order."""
+
+    tp: TP
+    records: Sequence[Any]  # aiokafka ConsumerRecord
+    epoch: int  # the flow's intake epoch when fetched
+
+
+Sink = Callable[[Chunk], Awaitable[None]]
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the fetch wait we choose (Faust fixes it at 1.5 s)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        owner = self.consumer
+        assert isinstance(owner, BulkConsumer)
+        consumer._fetch_max_wait_ms = owner.fetch_max_wait_ms
+        return consumer
+
+
+class BulkConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with a bulk fetch loop for some topics."""
+
+    _flow: Flow | None = None
+    _sinks: dict[str, Sink]
+    drain_timeout: float = 30.0
+    fetch_max_wait_ms: int = 500
+    #: Set on the embedded broker, whose reported end offsets can be short (streams.embedded).
+    probe_end_offsets_via: str | None = None
+
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def attach(self, flow: Flow, sinks: dict[str, Sink]) -> None:
+        """Deliver the ``sinks``' topics in bulk; pause all fetching under backpressure."""
+        self._flow = flow
+        self._sinks = dict(sinks)
+
+    def paused_for_backpressure(self) -> set[TP]:
+        """The partitions that backpressure keeps from being fetched right now."""
+        flow = self._flow
+        if flow is None or not flow.paused:
+            return set()
+        return set(self._get_active_partitions())
+
+    # -- fetching --------------------------------------------------------------------------
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        """Faust's version, but leaves backpressured partitions out of the fetch."""
+        if not self.flow_active:
+            await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as in Faust
+        try:
+            self.not_waiting_next_records.set()
+            flow = self._flow
+            if flow is not None and flow.paused:
+                # Backpressure: fetch nothing until there is room again. (A fetch of the
+                # other partitions would block for its whole timeout when they are quiet,
+                # and a fetch cannot be cancelled without losing what it returns.)
+                await flow.wait_resumed(timeout)
+                return {}, set()
+            active: set[TP] = self._get_active_partitions()
+            if active:
+                return await self._getmany(active_partitions=active, timeout=timeout), active
+            await self.sleep(1)
+            return {}, active
+        finally:
+            self.not_waiting_next_records.set()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(timeout=1.0)
+                await self.sleep(0)
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # As Faust does: fetched while a rebalance stopped the flow, so re-read
+                    # from the committed offsets once it resumes.
+                    await self.perform_seek()
+                    continue
+                await self._dispatch(records, active)
+                unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+    async def _dispatch(self, records: dict[TP, list[Any]], active: set[TP] | None) -> None:
+        generation = self.app.consumer_generation_id
+        flow = self._flow
+        epoch = flow.intake_epoch if flow is not None else 0
+        inbound = self.app.monitor.stream_inbound_time
+        for tp, batch in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # a rebalance began: the rest is re-read from the committed offsets
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            sink = self._sinks.get(tp.topic) if flow is not None else None
+            if sink is None:
+                await self._deliver_per_message(tp, batch)
+                continue
+            inbound[tp] = monotonic()  # keeps Faust's livelock detector informed
+            await self.wait_first(sink(Chunk(tp, batch, epoch)), self.suspend_flow.wait())
+
+    async def _deliver_per_message(self, tp: TP, batch: list[Any]) -> None:
+        """Faust's own per-message delivery (read offsets, gaps, callback)."""
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        callback = self.callback
+        for index, record in enumerate(batch):
+            if index and not index % 100:
+                await asyncio.sleep(0)
+            message = self._to_message(tp, record)
+            offset = message.offset
+            r_offset = get_read_offset(tp)
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled:
+                    await self._add_gap(tp, r_offset + 1, offset)
+                await self.wait_first(callback(message), self.suspend_flow.wait())
+                set_read_offset(tp, offset)
+
+    async def highwaters(self, *partitions: TP) -> Any:
+        """End offsets, as table recovery reads them; corrected on the embedded broker."""
+        reported = await super().highwaters(*partitions)
+        bootstrap = self.probe_end_offsets_via
+        if bootstrap is None or not reported:
+            return reported
+        by_key = {(tp.topic, tp.partition): offset for tp, offset in reported.items()}
+        loop = asyncio.get_running_loop()
+        corrected = await loop.run_in_executor(None, probe_end_offsets, bootstrap, by_key)
+        return {tp: corrected[(tp.topic, tp.partition)] for tp in reported}
+
+    # -- commits ---------------------------------------------------------------------------
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        seen = set()
+        for tp in super()._filter_tps_with_pending_acks(topics):
+            seen.add(tp)
+            yield tp
+        flow = self._flow
+        if flow is None:
+            return
+        for tracked in flow.tracker.partitions():
+            tp = cast(TP, tracked)
+            if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
+                yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        flow = self._flow
+        if flow is not None and tp.topic in self._sinks:
+            return flow.committable(tp)
+        result: int | None = super()._new_offset(tp)
+        return result
+
+    # -- rebalance and shutdown ------------------------------------------------------------
+    async def wait_empty(self) -> None:
+        """Finish (or abandon) in-flight bulk work, then let Faust commit and finish its own."""
+        if self._flow is not None:
+            await self._flow.drain(self.drain_timeout)
+        await super().wait_empty()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)  # Faust drains (wait_empty) and commits
+        if self._flow is not None:
+            self._flow.forget(tp for tp in revoked if tp.topic in self._sinks)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self._flow is not None:
+            # Every assigned partition is re-read from its committed offset (a new
+            # assignment resets fetch positions), so start the bookkeeping afresh.
+            self._flow.abandon()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+
+class BulkTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport, creating a :class:`BulkConsumer`."""
+
+    Consumer = BulkConsumer

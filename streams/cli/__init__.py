@@ -1,0 +1,25 @@
+"""The ``streamscore`` command: operator-facing subcommands, one module each."""
+
+from __future__ import annotations
+
+import click
+
+from streams.cli.broker import broker
+from streams.cli.demo import demo
+from streams.cli.train import train
+from streams.cli.worker import worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamscore")
+def main() -> None:
+    """streamscore: micro-batched PyTorch scoring of Kafka streams, in order per key."""
+
+
+main.add_command(broker)
+main.add_command(worker)
+main.add_command(demo)
+
+main.add_command(train)
+
+__all__ = ["main"]

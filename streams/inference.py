@@ -1,0 +1,130 @@
+"""Stage 4: run a batch through the model, off the event loop, isolating poison events.
+
+The model runs in a dedicated thread (torch releases the GIL while it
+computes), so the event loop keeps consuming, decoding and emitting. If a
+batch raises, it is split in halves and each half retried, down to the single
+events that fail: only those become dead letters (``dlq.stage=model``) and
+their neighbours are scored. A NaN, infinite or out-of-range score is a
+failure of that one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from models.artifact import LoadedModel, load_artifact
+from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
+from streams.errors import ConfigError, InferenceError, NonFiniteScore
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"STREAMSCORE_DEVICE={setting} but no CUDA device is available")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"STREAMSCORE_DEVICE={setting} but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
+            )
+    return device
+
+
+def default_torch_threads() -> int:
+    """Leave one core to the event loop (decode, features, emit) when there are several."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """Scores of a batch, in order; ``failures`` maps positions to why they have none."""
+
+    scores: npt.NDArray[np.float32]
+    failures: dict[int, Exception]
+    seconds: float  # model time, including preprocessing and retries
+
+
+class Inference:
+    """One loaded model on one device, called from the event loop."""
+
+    def __init__(self, model: LoadedModel, *, threads: int | None = None) -> None:
+        self.model = model
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamscore-model")
+        self.threads = threads or default_torch_threads()
+
+    @classmethod
+    def load(cls, path: os.PathLike[str] | str, device: torch.device) -> Inference:
+        return cls(load_artifact(path, device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    async def warm_up(self, sizes: tuple[int, ...]) -> None:
+        """Run dummy batches so the first real one pays no allocation or lazy-init cost."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._warm, sizes)
+
+    def _warm(self, sizes: tuple[int, ...]) -> None:
+        torch.set_num_threads(self.threads)
+        for size in sizes:
+            raw = RawFeatures(
+                np.full((size, len(NUMERIC_FEATURES)), np.nan, dtype=np.float32),
+                tuple(["?"] * size for _ in CATEGORICAL_FEATURES),
+            )
+            self._score_isolating(raw)
+
+    async def score(self, raw: RawFeatures) -> Scored:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._timed, raw)
+
+    def _timed(self, raw: RawFeatures) -> Scored:
+        started = time.perf_counter()
+        scores, failures = self._score_isolating(raw)
+        return Scored(scores, failures, time.perf_counter() - started)
+
+    def _score_isolating(
+        self, raw: RawFeatures
+    ) -> tuple[npt.NDArray[np.float32], dict[int, Exception]]:
+        n = len(raw)
+        try:
+            scores = self._predict(raw)
+        except Exception as exc:
+            if n == 1:
+                return np.full(1, np.nan, dtype=np.float32), {0: exc}
+            half = n // 2
+            left, left_failures = self._score_isolating(raw.take(0, half))
+            right, right_failures = self._score_isolating(raw.take(half, n))
+            failures = dict(left_failures)
+            failures.update({half + i: e for i, e in right_failures.items()})
+            return np.concatenate([left, right]), failures
+        bad = ~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0))
+        failures = {}
+        if bad.any():
+            for index in np.flatnonzero(bad).tolist():
+                failures[index] = NonFiniteScore(f"model returned {scores[index]!r}")
+        return scores, failures
+
+    def _predict(self, raw: RawFeatures) -> npt.NDArray[np.float32]:
+        with torch.inference_mode():
+            scores = self.model.predict(raw)
+        if scores.shape != (len(raw),):
+            raise InferenceError(f"model returned shape {scores.shape} for {len(raw)} events")
+        return scores
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,156 @@
+"""The contract's Prometheus metrics, created on an injected registry.
+
+``Metrics.create(registry)`` gives each test its own ``CollectorRegistry``.
+End-to-end latency is observed once per event, so it is a
+:class:`BulkHistogram` that takes a whole numpy array per call (one
+``searchsorted`` instead of thousands of locked ``observe`` calls); it is
+exposed in the standard histogram format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from schemas.deadletter import STAGES
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+MODEL_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (
+    1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192,
+)  # fmt: skip
+OUTCOMES = ("scored", "degraded", "dlq")
+
+
+class BulkHistogram(Collector):
+    """A histogram that observes arrays of values at once (thread-safe)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        if not len(values):
+            return
+        counts = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
+        )
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def observe(self, value: float) -> None:
+        self.observe_many(np.asarray([value], dtype=np.float64))
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [(repr(float(b)), int(c)) for b, c in zip(self._bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", int(cumulative[-1])))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=total
+        )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric the worker exports (names are part of the contract)."""
+
+    registry: CollectorRegistry
+    events: Counter
+    dlq: Counter
+    batch_size: Histogram
+    batch_wait: Histogram
+    model_latency: Histogram
+    end_to_end: BulkHistogram
+    in_flight: Gauge
+    paused_partitions: Gauge
+    model_info: Gauge
+    scores: Counter
+    model_compute: Counter
+    feature_updates: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        registry = registry if registry is not None else CollectorRegistry()
+        metrics = cls(
+            registry=registry,
+            events=Counter(
+                "streamscore_events", "Consumed events by outcome.", ["outcome"],
+                registry=registry,
+            ),
+            dlq=Counter(
+                "streamscore_dlq", "Dead letters by stage.", ["stage"], registry=registry
+            ),
+            batch_size=Histogram(
+                "streamscore_batch_size", "Events per model batch.",
+                buckets=BATCH_SIZE_BUCKETS, registry=registry,
+            ),
+            batch_wait=Histogram(
+                "streamscore_batch_wait_seconds",
+                "How long the oldest event of a batch waited for the batch to start.",
+                buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            model_latency=Histogram(
+                "streamscore_model_latency_seconds", "Model time per batch.",
+                buckets=MODEL_BUCKETS, registry=registry,
+            ),
+            end_to_end=BulkHistogram(
+                "streamscore_end_to_end_latency_seconds",
+                "Record timestamp to score acknowledged by the broker.",
+                LATENCY_BUCKETS, registry,
+            ),
+            in_flight=Gauge(
+                "streamscore_in_flight", "Events consumed and not yet emitted.", registry=registry
+            ),
+            paused_partitions=Gauge(
+                "streamscore_paused_partitions", "Partitions paused by backpressure.",
+                registry=registry,
+            ),
+            model_info=Gauge(
+                "streamscore_model_info", "The model in use (value 1).",
+                ["model", "version", "device"], registry=registry,
+            ),
+            scores=Counter(
+                "streamscore_scores", "Scores emitted by model, version and route.",
+                ["model", "version", "route"], registry=registry,
+            ),
+            model_compute=Counter(
+                "streamscore_model_compute_seconds", "Model compute time.",
+                ["model", "version", "device"], registry=registry,
+            ),
+            feature_updates=Counter(
+                "streamscore_feature_updates", "Profile feature updates applied to the table.",
+                registry=registry,
+            ),
+        )  # fmt: skip
+        for outcome in OUTCOMES:  # every series exists from the start, at 0
+            metrics.events.labels(outcome)
+        for stage in STAGES:
+            metrics.dlq.labels(stage)
+        return metrics

@@ -1,0 +1,140 @@
+"""What a worker builds when it starts, and what it reports to health checks.
+
+Built in the Faust app's start hook, before the consumer fetches anything:
+topics are checked, the producer started, the model loaded and warmed on its
+device, then the pipelines are attached to the bulk consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from models.registry import resolve
+from streams.bulk import BulkConsumer, Sink
+from streams.deadletters import DeadLetterSink
+from streams.emit import Emitter
+from streams.feature_agent import FeaturePipeline
+from streams.features import FeatureStage
+from streams.flow import Flow
+from streams.inference import Inference, resolve_device
+from streams.metrics import Metrics
+from streams.score_agent import ScoringPipeline
+from streams.settings import Settings
+from streams.state import TableState
+from streams.topics import Cluster, prepare_topics
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The worker's pipeline objects and health."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics.create()
+        self.flow = Flow(settings.max_in_flight, self.metrics)
+        self.cluster: Cluster | None = None
+        self.emitter: Emitter | None = None
+        self.inference: Inference | None = None
+        self.scoring: ScoringPipeline | None = None
+        self.features: FeaturePipeline | None = None
+        self.failure: BaseException | None = None
+        self.started = False
+
+    async def start(
+        self,
+        *,
+        consumer: BulkConsumer,
+        profiles_table: Any,
+        history_table: Any,
+        event_sink: Sink,
+        feature_sink: Sink,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        self.cluster = await loop.run_in_executor(None, prepare_topics, settings)
+
+        device = resolve_device(settings.device)
+        path = resolve(settings.model, settings.registry_dir)
+        inference = await loop.run_in_executor(None, Inference.load, path, device)
+        if settings.torch_threads:
+            inference.threads = settings.torch_threads
+        await inference.warm_up((1, settings.max_batch_size))
+        self.inference = inference
+        model = inference.model
+        self.metrics.model_info.labels(model.name, model.version, str(device)).set(1)
+        log.info("model %s:%s loaded from %s on %s", model.name, model.version, path, device)
+
+        emitter = Emitter(
+            settings.kafka_client_config(),
+            client_id=f"{settings.app_id}-emitter",
+            max_queued=8 * settings.max_in_flight,
+        )
+        emitter.start(loop)
+        self.emitter = emitter
+
+        def fatal(exc: BaseException) -> None:
+            if self.failure is None:
+                self.failure = exc
+                on_fatal(exc)
+
+        dead_letters = DeadLetterSink(settings.dlq_topic, settings.app_id, self.metrics)
+        profiles = TableState(profiles_table)
+        self.scoring = ScoringPipeline(
+            flow=self.flow,
+            features=FeatureStage(profiles, TableState(history_table)),
+            inference=inference,
+            emitter=emitter,
+            dead_letters=dead_letters,
+            metrics=self.metrics,
+            scores_topic=settings.scores_topic,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            on_fatal=fatal,
+        )
+        self.features = FeaturePipeline(
+            flow=self.flow,
+            profiles=profiles,
+            emitter=emitter,
+            dead_letters=dead_letters,
+            metrics=self.metrics,
+            on_fatal=fatal,
+        )
+        self.scoring.start()
+        consumer.drain_timeout = settings.drain_timeout_ms / 1000.0
+        consumer.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
+            10 if self.cluster.embedded else 500
+        )
+        if self.cluster.embedded:
+            consumer.probe_end_offsets_via = settings.bootstrap_servers
+        consumer.attach(
+            self.flow,
+            {settings.events_topic: event_sink, settings.features_topic: feature_sink},
+        )
+        self.started = True
+
+    def problems(self, *, tables_ready: bool) -> list[str]:
+        """Why the worker is not ready (empty when it is)."""
+        reasons = []
+        if not self.started:
+            reasons.append("model not loaded and warmed up yet")
+        if not tables_ready:
+            reasons.append("table recovery in progress")
+        if self.failure is not None:
+            reasons.append(f"failed: {self.failure}")
+        if self.scoring is not None and self.scoring.batcher.failure is not None:
+            reasons.append(f"batcher failed: {self.scoring.batcher.failure}")
+        return reasons
+
+    async def close(self) -> None:
+        """After the consumer drained and committed: stop the batcher, flush, free the model."""
+        if self.scoring is not None:
+            await self.scoring.stop()
+        if self.emitter is not None:
+            await self.emitter.close()
+        if self.inference is not None:
+            self.inference.close()

@@ -1,0 +1,37 @@
+"""HTTP endpoints of a worker: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from streams.app import StreamscoreApp
+    from streams.bulk import BulkConsumer
+
+
+def register_pages(app: StreamscoreApp) -> None:
+    """Add the contract's pages to a :class:`streams.app.StreamscoreApp`."""
+
+    @app.page("/health/live")
+    async def live(web: Any, request: Any) -> Any:
+        """200 while the process serves requests."""
+        return web.json({"status": "alive"})
+
+    @app.page("/health/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """200 once the model is warm and tables are recovered; 503 with the reasons otherwise."""
+        problems = app.runtime.problems(tables_ready=app.tables_ready())
+        if problems:
+            return web.json({"status": "not ready", "reasons": problems}, status=503)
+        return web.json({"status": "ready"})
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        runtime = app.runtime
+        consumer = cast("BulkConsumer", app.consumer)
+        runtime.metrics.paused_partitions.set(len(consumer.paused_for_backpressure()))
+        body = generate_latest(runtime.metrics.registry)
+        # The exposition content type carries a charset, which aiohttp refuses as content_type.
+        return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
