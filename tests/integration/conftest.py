@@ -1,0 +1,210 @@
+"""The integration tier: a real broker for the session, real workers per test.
+
+``broker`` starts the embedded broker once on a free port. Each test gets a
+:class:`Deployment` with its own topic names and consumer group, so tests
+share the broker without seeing each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from models.featurize import Aggregate
+from streams.embedded import EmbeddedBroker
+from streams.harness import OutputReader, WorkerProcess
+
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    embedded = EmbeddedBroker(log_path=log)
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+@dataclass
+class Published:
+    """A record we produced and where it landed."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    partition: int = -1
+    offset: int = -1
+    timestamp: int = -1
+
+
+@dataclass
+class Deployment:
+    """One isolated set of topics and one consumer group on the shared broker."""
+
+    bootstrap: str
+    tmp: Path
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "events": f"events-{self.suffix}",
+            "features": f"features-{self.suffix}",
+            "scores": f"scores-{self.suffix}",
+            "dlq": f"dlq-{self.suffix}",
+        }
+
+    @property
+    def app_id(self) -> str:
+        return f"streamscore-{self.suffix}"
+
+    def env(self, data_dir: Path, **extra: str) -> dict[str, str]:
+        return {
+            "STREAMSCORE_BROKER": f"kafka://{self.bootstrap}",
+            "STREAMSCORE_APP_ID": self.app_id,
+            "STREAMSCORE_EVENTS_TOPIC": self.topics["events"],
+            "STREAMSCORE_FEATURES_TOPIC": self.topics["features"],
+            "STREAMSCORE_SCORES_TOPIC": self.topics["scores"],
+            "STREAMSCORE_DLQ_TOPIC": self.topics["dlq"],
+            "STREAMSCORE_PARTITIONS": str(PARTITIONS),
+            "STREAMSCORE_DATA_DIR": str(data_dir),
+            "STREAMSCORE_LOG_LEVEL": "info",
+            "STREAMSCORE_COMMIT_INTERVAL_MS": "200",
+            **extra,
+        }
+
+    def worker(self, name: str = "w1", data_dir: Path | None = None, **extra: str) -> WorkerProcess:
+        data = data_dir or self.tmp / f"data-{name}"
+        process = WorkerProcess(self.env(data, **extra), self.tmp / f"{name}.log")
+        self.workers.append(process)
+        return process.start()
+
+    def producer(self) -> Producer:
+        return Producer(
+            {"bootstrap.servers": self.bootstrap, "linger.ms": 2, "partitioner": "murmur2_random"}
+        )
+
+    def publish(
+        self, topic: str, records: Sequence[Published], producer: Producer | None = None
+    ) -> list[Published]:
+        """Produce in order and fill in where each record landed."""
+        producer = producer or self.producer()
+
+        def landed(record: Published) -> object:
+            def callback(error: KafkaError | None, message: Message) -> None:
+                assert error is None, error
+                record.partition = message.partition()
+                record.offset = message.offset()
+                record.timestamp = message.timestamp()[1]
+
+            return callback
+
+        for record in records:
+            producer.produce(
+                self.topics[topic], key=record.key, value=record.value, headers=record.headers,
+                on_delivery=landed(record),
+            )  # fmt: skip
+            producer.poll(0)
+        producer.flush()
+        return list(records)
+
+    def reader(self) -> OutputReader:
+        return OutputReader(self.bootstrap, self.topics["scores"], self.topics["dlq"], PARTITIONS)
+
+    def history(self) -> dict[str, Aggregate]:
+        """The latest online history per entity, read back from the table's changelog."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+             "enable.partition.eof": True}
+        )  # fmt: skip
+        topic = f"{self.app_id}-history-changelog"
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        state: dict[str, Aggregate] = {}
+        at_end: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(at_end) < PARTITIONS and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                    continue
+                state[message.key().decode()] = Aggregate.unpack(message.value())
+        consumer.close()
+        return state
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            if process.returncode is None:
+                process.kill()
+
+
+@pytest.fixture
+def deployment(
+    broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Deployment]:
+    deployed = Deployment(broker.bootstrap, tmp_path)
+    yield deployed
+    deployed.stop_all()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for worker in deployed.workers:
+            text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+            print(f"\n----- {worker.log_path.name} (last 6000 chars) -----\n{text[-6000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def event_record(
+    event: dict[str, object], headers: list[tuple[str, bytes]] | None = None
+) -> Published:
+    return Published(str(event["entity_id"]).encode(), orjson.dumps(event), headers)
+
+
+def kcat(*args: str, stdin: bytes | None = None, timeout: float = 30.0) -> bytes:
+    """Run Debian's kcat against the embedded broker.
+
+    Debian's kcat links librdkafka 2.0.2, whose ApiVersions request the
+    embedded broker rejects; it is pointed at the newer librdkafka that the
+    confluent-kafka wheel ships (same ABI, soname librdkafka.so.1).
+    """
+    binary = shutil.which("kcat")
+    assert binary is not None, "kcat is missing: `make test` installs it (apt-get install kcat)"
+    env = dict(os.environ)
+    link_dir, libs = _librdkafka_dirs()
+    env["LD_LIBRARY_PATH"] = f"{link_dir}:{libs}"
+    result = subprocess.run(
+        [binary, *args], env=env, input=stdin, capture_output=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
+def _librdkafka_dirs() -> tuple[Path, Path]:
+    import confluent_kafka
+
+    libs = Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs"
+    bundled = next(libs.glob("librdkafka-*.so.1"))
+    link_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamscore-librdkafka-{os.getuid()}"
+    link_dir.mkdir(exist_ok=True)
+    link = link_dir / "librdkafka.so.1"
+    if not link.exists():
+        link.symlink_to(bundled)
+    return link_dir, libs
