@@ -42,6 +42,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
 def _accepts(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
@@ -66,6 +75,10 @@ class EmbeddedBroker:
         binary = broker_binary()
         attempts = 5 if self.port == 0 else 1
         last_error = ""
+        if self.port and port_in_use(self.host, self.port):
+            raise BrokerError(
+                f"the embedded broker could not start: {self.host}:{self.port} is in use"
+            )
         for _ in range(attempts):
             port = self.port or free_port(self.host)
             url = f"tcp://{self.host}:{port}"
@@ -86,7 +99,7 @@ class EmbeddedBroker:
                     )
                     last_error = stderr.strip().splitlines()[-1] if stderr.strip() else "exited"
                     break
-                if _accepts(self.host, port):
+                if _accepts(self.host, port) and self.process.poll() is None:
                     self.port = port
                     return self.bootstrap
                 time.sleep(0.02)

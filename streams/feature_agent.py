@@ -17,7 +17,7 @@ import orjson
 
 from streams.bulk import Chunk
 from streams.deadletters import DeadLetterSink
-from streams.decode import decode_feature_updates
+from streams.decode import DeadLetter, decode_feature_updates
 from streams.emit import Delivered, Emitter
 from streams.errors import EmitError
 from streams.flow import Flow
@@ -57,17 +57,7 @@ class FeaturePipeline:
         decoded = decode_feature_updates(records)
         tp = chunk.tp
         if decoded.dead:
-            dead = decoded.dead
-            offsets = [letter.record.offset for letter in dead]
-
-            def dead_delivered(report: Delivered) -> None:
-                if report.failures:
-                    self._on_fatal(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
-                    return
-                self.dead_letters.delivered(dead, events=False)
-                flow.finish(tp, offsets, generation)
-
-            self.emitter.send(self.dead_letters.messages(dead), dead_delivered)
+            self._send_dead_letters(chunk, decoded.dead, generation)
         if not decoded.items:
             return
         latest = {
@@ -90,3 +80,15 @@ class FeaturePipeline:
             flow.finish(tp, offsets, generation)
 
         self.emitter.send(changelog, written, track_offsets=True)
+
+    def _send_dead_letters(self, chunk: Chunk, dead: list[DeadLetter], generation: int) -> None:
+        offsets = [letter.record.offset for letter in dead]
+
+        def delivered(report: Delivered) -> None:
+            if report.failures:
+                self._on_fatal(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
+                return
+            self.dead_letters.delivered(dead, events=False)
+            self.flow.finish(chunk.tp, offsets, generation)
+
+        self.emitter.send(self.dead_letters.messages(dead), delivered)

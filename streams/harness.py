@@ -83,6 +83,15 @@ class WorkerProcess:
             raise WorkerFailed(f"/metrics answered {status}")
         return body.decode()
 
+    def settled_metrics(self, timeout: float = 10.0) -> str:
+        """The metrics page once nothing is in flight (acknowledgements land after reads)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.metrics()
+            if metric_value(text, "streamscore_in_flight") == 0 or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
     @property
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()

@@ -27,6 +27,7 @@ from streams.cli.common import fail, settings_or_exit
 from streams.embedded import EmbeddedBroker
 from streams.errors import StreamscoreError
 from streams.harness import Output, OutputReader, WorkerProcess, metric_value
+from streams.settings import Settings
 
 MALFORMED_SHARE = 0.005
 
@@ -41,6 +42,7 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
     """Score synthetic traffic end to end on an embedded broker and print a summary."""
     if n_events < 1 or rate < 0 or entities < 1:
         fail("--events and --entities must be positive, --rate not negative", 2)
+    settings_or_exit()  # a bad STREAMSCORE_* value stops here, before anything starts
     console = Console()
     with tempfile.TemporaryDirectory(prefix="streamscore-demo-") as tmp:
         workdir = Path(tmp)
@@ -59,8 +61,7 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
             worker = WorkerProcess(env, workdir / "worker.log").start()
             worker.wait_ready()
             console.print(f"worker ready in {time.monotonic() - started:.1f}s ({worker.url})")
-            ok = _run(console, settings.partitions, bootstrap, worker, n_events, rate, entities,
-                      seed, timeout)  # fmt: skip
+            ok = _run(console, settings, worker, n_events, rate, entities, seed, timeout)
         except StreamscoreError as exc:
             if worker is not None and worker.log_path.exists():
                 console.print(worker.log_path.read_text()[-4000:])
@@ -75,8 +76,7 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
 
 def _run(
     console: Console,
-    partitions: int,
-    bootstrap: str,
+    settings: Settings,
     worker: WorkerProcess,
     n_events: int,
     rate: float,
@@ -87,11 +87,12 @@ def _run(
     world = SyntheticWorld(seed=seed, n_entities=n_entities)
     labeled = world.events(n_events)
     bad = malformed_values(seed, max(1, int(n_events * MALFORMED_SHARE)))
+    bootstrap = settings.bootstrap_servers
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random"}
     )
     for profile in world.profiles():
-        producer.produce("features", key=str(profile["entity_id"]).encode(),
+        producer.produce(settings.features_topic, key=str(profile["entity_id"]).encode(),
                          value=orjson.dumps(profile))  # fmt: skip
     producer.flush()
 
@@ -109,7 +110,7 @@ def _run(
                 plan.append((None, key, value))
     n_bad = len(plan) - n_events
 
-    reader = OutputReader(bootstrap, "scores", "events.dlq", partitions)
+    reader = OutputReader(bootstrap, settings.scores_topic, settings.dlq_topic, settings.partitions)
     sent_at: dict[str, int] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
@@ -124,7 +125,7 @@ def _run(
                     time.sleep(lag)
                     reader.poll(0)
             now_ms = int(time.time() * 1000)
-            producer.produce("events", key=key, value=value, timestamp=now_ms)
+            producer.produce(settings.events_topic, key=key, value=value, timestamp=now_ms)
             if event_id is not None:
                 sent_at[event_id] = now_ms
             producer.poll(0)

@@ -56,6 +56,13 @@ def test_every_event_is_scored_once_in_order_and_every_bad_record_dead_lettered(
         [Published(str(p["entity_id"]).encode(), orjson.dumps(p), None)
          for p in world.profiles()[: N_ENTITIES // 2]],
     )  # fmt: skip
+    bad_updates = deployment.publish(
+        "features",
+        [
+            Published(b"acct-000002", b'{"entity_id": "acct-000002", "age": "old"}', None),
+            Published(b"acct-000003", b'{"entity_id": "acct-999999"}', [("src", b"crm")]),
+        ],
+    )
     worker = deployment.worker()
     worker.wait_ready()
 
@@ -69,7 +76,7 @@ def test_every_event_is_scored_once_in_order_and_every_bad_record_dead_lettered(
     # One more malformed record, with a header, through a real command-line client.
     kcat("-P", "-b", deployment.bootstrap, "-t", deployment.topics["events"],
          "-k", "acct-kcat", "-H", "origin=kcat", "-p", "0", stdin=b"{not json")  # fmt: skip
-    n_bad = len(bad) + 1
+    n_bad = len(bad) + 1 + len(bad_updates)
 
     reader = deployment.reader()
     out = reader.until(lambda o: len(o.scores) >= N_EVENTS and len(o.dead) >= n_bad, 90)
@@ -114,10 +121,16 @@ def test_every_event_is_scored_once_in_order_and_every_bad_record_dead_lettered(
         assert list(ours) == list(deadletter.HEADER_NAMES)
         partition = int(ours[deadletter.SOURCE_PARTITION])
         offset = int(ours[deadletter.SOURCE_OFFSET])
-        assert ours[deadletter.SOURCE_TOPIC] == deployment.topics["events"].encode()
         assert ours[deadletter.APP] == deployment.app_id.encode()
         assert ours[deadletter.ERROR_CLASS]
         assert 0 < len(ours[deadletter.ERROR_MESSAGE]) <= 1024
+        if ours[deadletter.SOURCE_TOPIC] == deployment.topics["features"].encode():
+            update = next(u for u in bad_updates if (u.partition, u.offset) == (partition, offset))
+            assert (message.key(), message.value()) == (update.key, update.value)
+            assert headers[: -len(deadletter.HEADER_NAMES)] == (update.headers or [])
+            assert ours[deadletter.STAGE] == b"validate"
+            continue
+        assert ours[deadletter.SOURCE_TOPIC] == deployment.topics["events"].encode()
         seen.add((partition, offset))
         if message.key() == b"acct-kcat":
             kcat_offset = offset
@@ -131,13 +144,15 @@ def test_every_event_is_scored_once_in_order_and_every_bad_record_dead_lettered(
         assert headers[: -len(deadletter.HEADER_NAMES)] == (original.headers or [])
         assert ours[deadletter.STAGE].decode() == expected_stage(original), original
         assert int(ours[deadletter.SOURCE_TIMESTAMP]) == original.timestamp
-    assert len(seen) == n_bad  # each bad record dead-lettered exactly once
+    assert len(seen) == n_bad - len(bad_updates)  # each bad event dead-lettered exactly once
 
-    # Metrics tell the same story.
-    metrics = worker.metrics()
+    # Metrics tell the same story (once the last acknowledgements are in).
+    metrics = worker.settled_metrics()
     assert metric_value(metrics, "streamscore_events_total", {"outcome": "scored"}) == N_EVENTS
-    assert metric_value(metrics, "streamscore_events_total", {"outcome": "dlq"}) == n_bad
-    stages = [expected_stage(r) for r in bad] + ["decode"]
+    n_bad_events = n_bad - len(bad_updates)  # bad feature updates are not events
+    assert metric_value(metrics, "streamscore_events_total", {"outcome": "dlq"}) == n_bad_events
+    assert metric_value(metrics, "streamscore_feature_updates_total") == N_ENTITIES // 2
+    stages = [expected_stage(r) for r in bad] + ["decode"] + ["validate"] * len(bad_updates)
     for stage in ("decode", "validate"):
         assert metric_value(metrics, "streamscore_dlq_total", {"stage": stage}) == stages.count(
             stage

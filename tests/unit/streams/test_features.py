@@ -1,0 +1,93 @@
+"""Feature lookup per chunk: profiles, online history in offset order, changelog writes."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+
+from models.featurize import NUMERIC_FEATURES, Aggregate
+from streams.emit import Outgoing
+from streams.features import FeatureStage
+
+COL = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
+
+
+class FakeTable:
+    """The TableState interface over dicts (one per partition)."""
+
+    def __init__(self, topic: str) -> None:
+        self.changelog_topic = topic
+        self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+        self.fail = False
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        if self.fail:
+            raise OSError("disk on fire")
+        return [self.data[partition].get(key) for key in keys]
+
+    def put_many(self, partition: int, items: dict[bytes, bytes]) -> list[Outgoing]:
+        self.data[partition].update(items)
+        return [Outgoing(self.changelog_topic, k, v, None, partition) for k, v in items.items()]
+
+
+@dataclass
+class Rec:
+    offset: int
+
+
+def ev(entity: str, amount: float, ts: float) -> dict[str, object]:
+    return {"event_id": f"{entity}-{ts}", "entity_id": entity, "ts": ts, "amount": amount,
+            "currency": "EUR", "merchant": "m", "country": "DE", "channel": "web"}  # fmt: skip
+
+
+def stage() -> tuple[FeatureStage, FakeTable, FakeTable]:
+    profiles, history = FakeTable("p-changelog"), FakeTable("h-changelog")
+    return FeatureStage(profiles, history), profiles, history  # type: ignore[arg-type]
+
+
+def test_profiles_and_history_feed_the_features_and_history_is_written_back() -> None:
+    features, profiles, history = stage()
+    profiles.data[2][b"a"] = orjson.dumps({"account_age_days": 99.0, "chargeback_rate": 0.2})
+    events = [ev("a", 10.0, 100.0), ev("b", 5.0, 101.0), ev("a", 30.0, 160.0)]
+    prepared = features.prepare(2, [Rec(10), Rec(11), Rec(12)], events)  # type: ignore[arg-type]
+    assert prepared.keep == [0, 1, 2]
+    assert prepared.failed == {}
+    numeric = prepared.raw.numeric
+    assert math.isclose(numeric[0, COL["account_age_days_log"]], math.log1p(99.0), rel_tol=1e-6)
+    assert math.isclose(numeric[0, COL["chargeback_rate"]], 0.2, rel_tol=1e-6)
+    assert math.isnan(numeric[1, COL["chargeback_rate"]])  # b has no profile: imputed later
+    assert numeric[0, COL["history_count_log"]] == 0.0
+    assert math.isclose(numeric[2, COL["history_count_log"]], math.log1p(1.0), rel_tol=1e-6)
+    assert math.isclose(numeric[2, COL["seconds_since_last_log"]], math.log1p(60.0), rel_tol=1e-6)
+    assert {(m.key, m.partition, m.topic) for m in prepared.changelog} == {
+        (b"a", 2, "h-changelog"),
+        (b"b", 2, "h-changelog"),
+    }
+    assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(2, 20.0, 160.0, 12)
+
+    # The next chunk continues from the stored history; a replayed event counts once.
+    again = features.prepare(2, [Rec(12), Rec(13)], [ev("a", 30.0, 160.0), ev("a", 5.0, 170.0)])  # type: ignore[arg-type]
+    assert math.isnan(again.raw.numeric[0, COL["seconds_since_last_log"]])
+    assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(3, 15.0, 170.0, 13)
+
+
+def test_unreadable_state_dead_letters_only_that_entitys_events() -> None:
+    features, profiles, _ = stage()
+    profiles.data[0][b"bad"] = b"\x00not json"
+    events = [ev("ok", 1.0, 1.0), ev("bad", 1.0, 2.0), ev("ok", 1.0, 3.0)]
+    prepared = features.prepare(0, [Rec(0), Rec(1), Rec(2)], events)  # type: ignore[arg-type]
+    assert prepared.keep == [0, 2]
+    assert list(prepared.failed) == [1]
+    assert len(prepared.raw) == 2
+
+
+def test_a_failing_store_fails_the_whole_chunk_with_the_reason() -> None:
+    features, profiles, _ = stage()
+    profiles.fail = True
+    prepared = features.prepare(0, [Rec(0), Rec(1)], [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0)])  # type: ignore[arg-type]
+    assert prepared.keep == []
+    assert len(prepared.raw) == 0
+    assert {i: str(e) for i, e in prepared.failed.items()} == {0: "disk on fire", 1: "disk on fire"}

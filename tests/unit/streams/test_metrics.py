@@ -1,0 +1,52 @@
+"""The bulk histogram exposes exactly what a prometheus_client Histogram would."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from streams.metrics import LATENCY_BUCKETS, BulkHistogram, Metrics
+
+
+def test_bulk_histogram_matches_the_standard_one() -> None:
+    values = np.random.default_rng(1).exponential(0.02, 5000)
+    values[:10] = LATENCY_BUCKETS[3]  # exactly on a bound: counted in that bucket (le)
+    bulk_registry, plain_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = BulkHistogram("x_seconds", "x", LATENCY_BUCKETS, bulk_registry)
+    plain = Histogram("x_seconds", "x", buckets=LATENCY_BUCKETS, registry=plain_registry)
+    bulk.observe_many(values[:2500])
+    bulk.observe_many(values[2500:])
+    for value in values:
+        plain.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(bulk_registry), samples(plain_registry)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert abs(got[key] - want[key]) < 1e-9, key
+
+
+def test_every_contract_metric_is_exported_from_the_start() -> None:
+    metrics = Metrics.create()
+    text = generate_latest(metrics.registry).decode()
+    for name in (
+        'streamscore_events_total{outcome="scored"} 0.0',
+        'streamscore_events_total{outcome="degraded"} 0.0',
+        'streamscore_events_total{outcome="dlq"} 0.0',
+        'streamscore_dlq_total{stage="decode"} 0.0',
+        'streamscore_dlq_total{stage="emit"} 0.0',
+        "streamscore_batch_size_bucket",
+        "streamscore_batch_wait_seconds_bucket",
+        "streamscore_model_latency_seconds_bucket",
+        "streamscore_end_to_end_latency_seconds_bucket",
+        "streamscore_in_flight 0.0",
+        "streamscore_paused_partitions 0.0",
+    ):
+        assert name in text, name

@@ -1,0 +1,146 @@
+"""Wire schemas: every malformed shape is refused; the bulk TypedDict agrees with the model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas.deadletter import MAX_MESSAGE_BYTES, dead_letter_headers, truncate_utf8
+from schemas.events import EVENT_RECORDS, Event, FeatureUpdate
+from schemas.scores import Score
+
+GOOD: dict[str, Any] = {
+    "event_id": "e-000123", "entity_id": "acct-42", "ts": 1763769600.125, "amount": 129.90,
+    "currency": "EUR", "merchant": "m-981", "country": "DE", "channel": "web",
+}  # fmt: skip
+
+
+def test_the_contract_example_is_valid_and_extra_fields_are_ignored() -> None:
+    event = Event.model_validate({**GOOD, "extra": [1, 2]})
+    assert event.model_dump() == GOOD
+    assert Event.model_validate({**GOOD, "ts": 1763769600, "amount": 0}).amount == 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"event_id": ""}, "event_id"),
+        ({"event_id": 123}, "event_id"),
+        ({"entity_id": ""}, "entity_id"),
+        ({"entity_id": None}, "entity_id"),
+        ({"ts": "1763769600"}, "ts"),
+        ({"ts": True}, "ts"),
+        ({"ts": math.inf}, "ts"),
+        ({"ts": math.nan}, "ts"),
+        ({"amount": -0.01}, "amount"),
+        ({"amount": "12.5"}, "amount"),
+        ({"amount": math.inf}, "amount"),
+        ({"currency": "eur"}, "currency"),
+        ({"currency": "EURO"}, "currency"),
+        ({"currency": "EU"}, "currency"),
+        ({"currency": "EUR\n"}, "currency"),
+        ({"country": "de"}, "country"),
+        ({"country": "DEU"}, "country"),
+        ({"country": 49}, "country"),
+        ({"channel": "phone"}, "channel"),
+        ({"channel": "WEB"}, "channel"),
+        ({"merchant": ""}, "merchant"),
+        ({"merchant": ["m"]}, "merchant"),
+    ],
+)
+def test_malformed_fields_are_refused(change: dict[str, Any], field: str) -> None:
+    record = {**GOOD, **change}
+    with pytest.raises(ValidationError) as raised:
+        Event.model_validate(record)
+    assert raised.value.errors()[0]["loc"][0] == field
+    with pytest.raises(ValidationError):
+        EVENT_RECORDS.validate_python([record])
+
+
+@pytest.mark.parametrize("missing", sorted(GOOD))
+def test_every_field_is_required(missing: str) -> None:
+    record = {k: v for k, v in GOOD.items() if k != missing}
+    with pytest.raises(ValidationError):
+        Event.model_validate(record)
+
+
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5), st.sampled_from(["EUR", "DE", "web", "pos", "app", "e-1", "a"]),
+    st.lists(st.integers(), max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(GOOD)), values, max_size=8), st.booleans())
+def test_the_bulk_schema_accepts_and_refuses_exactly_what_the_model_does(
+    changes: dict[str, Any], start_good: bool
+) -> None:
+    record = {**GOOD, **changes} if start_good else changes
+    try:
+        expected = Event.model_validate(record).model_dump()
+    except ValidationError:
+        expected = None
+    try:
+        got: dict[str, Any] | None = dict(EVENT_RECORDS.validate_python([record])[0])
+    except ValidationError:
+        got = None
+    assert got == expected
+
+
+def test_feature_updates_hold_numbers_or_null_only() -> None:
+    update = FeatureUpdate.model_validate_json(
+        b'{"entity_id": "acct-42", "account_age_days": 812, "chargeback_rate": 0.01,'
+        b' "avg_amount_30d": null}'
+    )
+    assert update.features() == {"account_age_days": 812.0, "chargeback_rate": 0.01}
+    for bad in (
+        {"entity_id": "a", "x": "1"},
+        {"entity_id": "a", "x": True},
+        {"entity_id": "a", "x": [1]},
+        {"entity_id": "a", "x": math.inf},
+        {"entity_id": ""},
+        {"x": 1},
+    ):
+        with pytest.raises(ValidationError):
+            FeatureUpdate.model_validate(bad)
+
+
+def test_score_schema_bounds() -> None:
+    score = {
+        "event_id": "e", "entity_id": "a", "score": 0.5, "model": "fraud-mlp",
+        "model_version": "1", "degraded": False, "event_ts": 1.0, "scored_ts": 2.0,
+        "source": {"topic": "events", "partition": 0, "offset": 7},
+    }  # fmt: skip
+    assert Score.model_validate_json(orjson.dumps(score)).route is None
+    for bad in ({"score": 1.01}, {"score": -0.1}, {"source": {"topic": "e", "partition": -1,
+                                                            "offset": 0}}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Score.model_validate({**score, **bad})
+
+
+def test_dead_letter_headers_keep_the_originals_first_and_cut_long_messages() -> None:
+    headers = dead_letter_headers(
+        [("trace", b"1")], stage="validate", error_class="ValidationError",
+        message="é" * 2000, topic="events", partition=3, offset=42, timestamp_ms=None,
+        app_id="streamscore",
+    )  # fmt: skip
+    assert headers[0] == ("trace", b"1")
+    names = [name for name, _ in headers[1:]]
+    assert names == [
+        "dlq.stage", "dlq.error.class", "dlq.error.message", "dlq.source.topic",
+        "dlq.source.partition", "dlq.source.offset", "dlq.source.timestamp", "dlq.app",
+    ]  # fmt: skip
+    values = dict(headers[1:])
+    message = values["dlq.error.message"]
+    assert isinstance(message, bytes)
+    assert len(message) <= MAX_MESSAGE_BYTES
+    assert message.decode("utf-8") == "é" * (MAX_MESSAGE_BYTES // 2)  # no split character
+    assert values["dlq.source.timestamp"] == b"-1"
+    assert truncate_utf8("short") == b"short"
