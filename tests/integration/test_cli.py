@@ -35,7 +35,10 @@ def test_broker_prints_its_address_serves_and_stops_on_sigterm() -> None:
             pass
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=2),
+        ):
             pass
     finally:
         process.kill()
