@@ -21,7 +21,7 @@ import faust
 from streams.bulk import BulkConsumer, BulkTransport, Chunk, Sink
 from streams.errors import StreamscoreError
 from streams.runtime import Runtime
-from streams.settings import Settings, load_settings
+from streams.settings import Settings, faust_credentials, load_settings
 from streams.topics import TABLES
 from streams.web import register_pages
 
@@ -75,6 +75,7 @@ class StreamscoreApp(faust.App):
             producer_acks=-1,
             stream_wait_empty=True,
             Worker=Worker,
+            broker_credentials=faust_credentials(settings),
         )
 
     def _new_transport(self) -> Any:

@@ -206,6 +206,36 @@ class Settings(BaseSettings):
         return config
 
 
+def faust_credentials(settings: Settings) -> Any:
+    """The same security settings for Faust's (aiokafka) consumer and producer."""
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+    if protocol == "SSL":
+        return SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the environment; raise :class:`ConfigError` with a readable reason."""
     try:

@@ -107,3 +107,26 @@ def test_commands_exit_2_with_the_reason_on_a_bad_value(command: list[str]) -> N
     assert result.returncode == 2, result.stderr
     assert "STREAMSCORE_MAX_BATCH_SIZE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_security_settings_reach_faust_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.auth import SASLCredentials, SSLCredentials
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from streams.settings import faust_credentials
+
+    assert faust_credentials(load_settings()) is None
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SASL_PASSWORD", "pw")
+    credentials = faust_credentials(load_settings())
+    assert isinstance(credentials, SASLCredentials)
+    auth = credentials_to_aiokafka_auth(credentials)
+    assert (auth["security_protocol"], auth["sasl_mechanism"]) == (
+        "SASL_PLAINTEXT",
+        "SCRAM-SHA-256",
+    )
+    assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("svc", "pw")
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    assert isinstance(faust_credentials(load_settings()), SSLCredentials)
