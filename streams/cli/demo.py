@@ -146,7 +146,8 @@ def _run(
     out = reader.output
     reader.close()
     return _summary(console, worker, labeled_ids={str(x.event["event_id"]) for x in labeled},
-                    out=out, n_bad=n_bad, sent_at=sent_at, seconds=finished - started)  # fmt: skip
+                    out=out, n_bad=n_bad, sent_at=sent_at, seconds=finished - started,
+                    rate=rate)  # fmt: skip
 
 
 def _summary(
@@ -158,6 +159,7 @@ def _summary(
     n_bad: int,
     sent_at: dict[str, int],
     seconds: float,
+    rate: float,
 ) -> bool:
     scored = out.scored_ids()
     missing = labeled_ids - scored
@@ -184,6 +186,7 @@ def _summary(
     lat = np.asarray([x for x in latencies if x >= 0], dtype=np.float64)
     p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
 
+    offered = f"offered at {rate:,.0f}/s" if rate else "offered unpaced"
     table = Table(title="streamscore demo", show_header=False)
     rows = [
         ("events published",
@@ -192,7 +195,7 @@ def _summary(
         ("dead letters", f"{len(out.dead)}"),
         ("unscored valid events", f"{len(missing)}"),
         ("per-key order violations", f"{disorder}"),
-        ("throughput", f"{len(scored) / seconds:,.0f} events/s over {seconds:.1f}s"),
+        ("throughput", f"{len(scored) / seconds:,.0f} events/s over {seconds:.1f}s ({offered})"),
         ("end-to-end latency p50 / p99", f"{p50:.1f} ms / {p99:.1f} ms"),
         ("mean batch size", f"{batch_mean:.1f} ({batches:.0f} batches)"),
     ]  # fmt: skip
