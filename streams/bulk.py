@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from time import monotonic
 from typing import Any, NamedTuple, cast
 
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -84,6 +85,27 @@ class BulkConsumer(faust_aiokafka.Consumer):
         if flow is None or not flow.paused:
             return set()
         return set(self._get_active_partitions())
+
+    def lag(self) -> dict[TP, int]:
+        """Per owned bulk partition: the end offset last seen minus the commit watermark."""
+        flow = self._flow
+        if flow is None:
+            return {}
+        try:
+            assigned = self.assignment()
+        except ConsumerNotStarted:
+            return {}
+        lags = {}
+        for tp in assigned:
+            if tp.topic not in self._sinks:
+                continue
+            end = self.highwater(tp)
+            done = flow.committable(tp)
+            if done is None:
+                done = self._committed_offset.get(tp)
+            if end is not None and done is not None:
+                lags[tp] = max(0, end - done)
+        return lags
 
     # -- fetching --------------------------------------------------------------------------
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:

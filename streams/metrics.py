@@ -94,6 +94,8 @@ class Metrics:
     scores: Counter
     model_compute: Counter
     feature_updates: Counter
+    ready: Gauge
+    consumer_lag: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -147,6 +149,14 @@ class Metrics:
             feature_updates=Counter(
                 "streamscore_feature_updates", "Profile feature updates applied to the table.",
                 registry=registry,
+            ),
+            ready=Gauge(
+                "streamscore_ready", "1 when /health/ready answers 200.", registry=registry
+            ),
+            consumer_lag=Gauge(
+                "streamscore_consumer_lag",
+                "Records of an owned partition not yet committed (end offset - committed).",
+                ["topic", "partition"], registry=registry,
             ),
         )  # fmt: skip
         for outcome in OUTCOMES:  # every series exists from the start, at 0

@@ -23,6 +23,7 @@ def register_pages(app: StreamscoreApp) -> None:
     async def ready(web: Any, request: Any) -> Any:
         """200 once the model is warm and tables are recovered; 503 with the reasons otherwise."""
         problems = app.runtime.problems(tables_ready=app.tables_ready())
+        app.runtime.metrics.ready.set(0 if problems else 1)
         if problems:
             return web.json({"status": "not ready", "reasons": problems}, status=503)
         return web.json({"status": "ready"})
@@ -31,7 +32,12 @@ def register_pages(app: StreamscoreApp) -> None:
     async def metrics(web: Any, request: Any) -> Any:
         runtime = app.runtime
         consumer = cast("BulkConsumer", app.consumer)
-        runtime.metrics.paused_partitions.set(len(consumer.paused_for_backpressure()))
-        body = generate_latest(runtime.metrics.registry)
+        metrics = runtime.metrics
+        metrics.paused_partitions.set(len(consumer.paused_for_backpressure()))
+        metrics.ready.set(0 if runtime.problems(tables_ready=app.tables_ready()) else 1)
+        metrics.consumer_lag.clear()
+        for tp, lag in consumer.lag().items():
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        body = generate_latest(metrics.registry)
         # The exposition content type carries a charset, which aiohttp refuses as content_type.
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

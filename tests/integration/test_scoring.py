@@ -163,6 +163,8 @@ def test_every_event_is_scored_once_in_order_and_every_bad_record_dead_lettered(
         metrics, "streamscore_batch_size_bucket", {"le": "256.0"}
     )  # no batch above STREAMSCORE_MAX_BATCH_SIZE
     assert metric_value(metrics, "streamscore_in_flight") == 0
+    assert metric_value(metrics, "streamscore_ready") == 1
+    assert metric_value(metrics, "streamscore_consumer_lag") == 0  # all committed by now
     assert (
         metric_value(metrics, "streamscore_model_info",
                      {"model": "fraud-mlp", "version": "1", "device": "cpu"}) == 1
