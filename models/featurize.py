@@ -85,6 +85,13 @@ class RawFeatures:
     def take(self, start: int, stop: int) -> RawFeatures:
         return RawFeatures(self.numeric[start:stop], tuple(c[start:stop] for c in self.categorical))
 
+    def select(self, rows: Sequence[int]) -> RawFeatures:
+        """The given rows, in the given order."""
+        return RawFeatures(
+            self.numeric[np.asarray(rows, dtype=np.intp)],
+            tuple([c[i] for i in rows] for c in self.categorical),
+        )
+
     @staticmethod
     def concat(parts: Sequence[RawFeatures]) -> RawFeatures:
         if len(parts) == 1:

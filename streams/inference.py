@@ -1,11 +1,15 @@
-"""Stage 4: run a batch through the model, off the event loop, isolating poison events.
+"""Run a model off the event loop, isolating poison events.
 
-The model runs in a dedicated thread (torch releases the GIL while it
-computes), so the event loop keeps consuming, decoding and emitting. If a
-batch raises, it is split in halves and each half retried, down to the single
-events that fail: only those become dead letters (``dlq.stage=model``) and
-their neighbours are scored. A NaN, infinite or out-of-range score is a
-failure of that one event.
+Each model gets its own thread (torch releases the GIL while it computes),
+so the event loop keeps consuming, decoding and emitting. If a batch raises,
+it is split in halves and each half retried, down to the single events that
+fail: only those become dead letters (``dlq.stage=model``) and their
+neighbours are scored. A NaN, infinite or out-of-range score is a failure of
+that one event.
+
+The thread is a daemon: a model call that hangs (the ladder gives up on it
+after ``STREAMSCORE_MODEL_TIMEOUT_MS``) must not keep the process from
+exiting.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +33,8 @@ from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.errors import ConfigError, InferenceError, NonFiniteScore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -50,6 +59,49 @@ def default_torch_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+class ModelThread:
+    """One daemon thread running submitted calls in order; results come back as futures."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((call, future, loop))
+        return future
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, future, loop = item
+            try:
+                result, error = call(), None
+            except BaseException as exc:
+                result, error = None, exc
+            if loop.is_closed():  # a call that outlived its caller (it timed out, then exited)
+                continue
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop closed in between
+                continue
+
+    def close(self) -> None:
+        self._calls.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # the caller gave up (timeout) meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     """Scores of a batch, in order; ``failures`` maps positions to why they have none."""
@@ -64,8 +116,8 @@ class Inference:
 
     def __init__(self, model: LoadedModel, *, threads: int | None = None) -> None:
         self.model = model
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamscore-model")
         self.threads = threads or default_torch_threads()
+        self._thread = ModelThread(f"streamscore-model-{model.name}")
 
     @classmethod
     def load(cls, path: os.PathLike[str] | str, device: torch.device) -> Inference:
@@ -77,7 +129,7 @@ class Inference:
 
     async def warm_up(self, sizes: tuple[int, ...]) -> None:
         """Run dummy batches so the first real one pays no allocation or lazy-init cost."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._warm, sizes)
+        await self._thread.submit(lambda: self._warm(sizes))
 
     def _warm(self, sizes: tuple[int, ...]) -> None:
         torch.set_num_threads(self.threads)
@@ -88,9 +140,9 @@ class Inference:
             )
             self._score_isolating(raw)
 
-    async def score(self, raw: RawFeatures) -> Scored:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._timed, raw)
+    def score(self, raw: RawFeatures) -> asyncio.Future[Scored]:
+        """Score on the model thread; the future resolves on the calling loop."""
+        return self._thread.submit(lambda: self._timed(raw))
 
     def _timed(self, raw: RawFeatures) -> Scored:
         started = time.perf_counter()
@@ -127,4 +179,4 @@ class Inference:
         return scores
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._thread.close()

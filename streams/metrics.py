@@ -96,6 +96,9 @@ class Metrics:
     feature_updates: Counter
     ready: Gauge
     consumer_lag: Gauge
+    deadline_missed: Counter
+    breaker_open: Gauge
+    emit_retries: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -157,6 +160,21 @@ class Metrics:
                 "streamscore_consumer_lag",
                 "Records of an owned partition not yet committed (end offset - committed).",
                 ["topic", "partition"], registry=registry,
+            ),
+            deadline_missed=Counter(
+                "streamscore_deadline_missed",
+                "Events past STREAMSCORE_DEADLINE_MS at dispatch: scored down the ladder.",
+                registry=registry,
+            ),
+            breaker_open=Gauge(
+                "streamscore_breaker_open",
+                "1 while the primary model's circuit breaker is open or probing.",
+                registry=registry,
+            ),
+            emit_retries=Counter(
+                "streamscore_emit_retries",
+                "Outputs sent again after the broker did not acknowledge them.",
+                registry=registry,
             ),
         )  # fmt: skip
         for outcome in OUTCOMES:  # every series exists from the start, at 0

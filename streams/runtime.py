@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from models.registry import resolve
 from streams.bulk import BulkConsumer, Sink
 from streams.deadletters import DeadLetterSink
@@ -20,6 +22,7 @@ from streams.feature_agent import FeaturePipeline
 from streams.features import FeatureStage
 from streams.flow import Flow
 from streams.inference import Inference, resolve_device
+from streams.ladder import Breaker, BreakerState, Ladder
 from streams.metrics import Metrics
 from streams.score_agent import ScoringPipeline
 from streams.settings import Settings
@@ -38,7 +41,7 @@ class Runtime:
         self.flow = Flow(settings.max_in_flight, self.metrics)
         self.cluster: Cluster | None = None
         self.emitter: Emitter | None = None
-        self.inference: Inference | None = None
+        self.ladder: Ladder | None = None
         self.scoring: ScoringPipeline | None = None
         self.features: FeaturePipeline | None = None
         self.failure: BaseException | None = None
@@ -59,15 +62,18 @@ class Runtime:
         self.cluster = await loop.run_in_executor(None, prepare_topics, settings)
 
         device = resolve_device(settings.device)
-        path = resolve(settings.model, settings.registry_dir)
-        inference = await loop.run_in_executor(None, Inference.load, path, device)
-        if settings.torch_threads:
-            inference.threads = settings.torch_threads
-        await inference.warm_up((1, settings.max_batch_size))
-        self.inference = inference
-        model = inference.model
-        self.metrics.model_info.labels(model.name, model.version, str(device)).set(1)
-        log.info("model %s:%s loaded from %s on %s", model.name, model.version, path, device)
+        primary = await self._load(settings.model, device)
+        fallback = None
+        if settings.fallback_model is not None:
+            fallback = await self._load(settings.fallback_model, device)
+        self.ladder = Ladder(
+            primary,
+            fallback,
+            default_score=settings.default_score,
+            timeout=settings.model_timeout_ms / 1000.0,
+            deadline=settings.deadline_ms / 1000.0 if settings.deadline_ms else None,
+            breaker=Breaker(settings.breaker_failures, settings.breaker_cooldown_ms / 1000.0),
+        )
 
         emitter = Emitter(
             settings.kafka_client_config(),
@@ -87,7 +93,7 @@ class Runtime:
         self.scoring = ScoringPipeline(
             flow=self.flow,
             features=FeatureStage(profiles, TableState(history_table)),
-            inference=inference,
+            ladder=self.ladder,
             emitter=emitter,
             dead_letters=dead_letters,
             metrics=self.metrics,
@@ -117,6 +123,20 @@ class Runtime:
         )
         self.started = True
 
+    async def _load(self, reference: str | None, device: torch.device) -> Inference:
+        """Load and warm a model before it takes traffic."""
+        settings = self.settings
+        path = resolve(reference, settings.registry_dir)
+        loop = asyncio.get_running_loop()
+        inference = await loop.run_in_executor(None, Inference.load, path, device)
+        if settings.torch_threads:
+            inference.threads = settings.torch_threads
+        await inference.warm_up((1, settings.max_batch_size))
+        model = inference.model
+        self.metrics.model_info.labels(model.name, model.version, str(device)).set(1)
+        log.info("model %s:%s loaded from %s on %s", model.name, model.version, path, device)
+        return inference
+
     def problems(self, *, tables_ready: bool) -> list[str]:
         """Why the worker is not ready (empty when it is)."""
         reasons = []
@@ -128,7 +148,17 @@ class Runtime:
             reasons.append(f"failed: {self.failure}")
         if self.scoring is not None and self.scoring.batcher.failure is not None:
             reasons.append(f"batcher failed: {self.scoring.batcher.failure}")
+        if self.ladder is not None and self.ladder.breaker.state is not BreakerState.CLOSED:
+            reasons.append(
+                f"model circuit breaker {self.ladder.breaker.state.value}: scores are degraded"
+            )
         return reasons
+
+    def refresh_gauges(self) -> None:
+        """Gauges that depend on time passing (read when /metrics is scraped)."""
+        if self.ladder is not None:
+            closed = self.ladder.breaker.state is BreakerState.CLOSED
+            self.metrics.breaker_open.set(0 if closed else 1)
 
     async def close(self) -> None:
         """After the consumer drained and committed: stop the batcher, flush, free the model."""
@@ -136,5 +166,7 @@ class Runtime:
             await self.scoring.stop()
         if self.emitter is not None:
             await self.emitter.close()
-        if self.inference is not None:
-            self.inference.close()
+        if self.ladder is not None:
+            self.ladder.primary.close()
+            if self.ladder.fallback is not None:
+                self.ladder.fallback.close()

@@ -5,7 +5,8 @@
       -> decode + validate (decode.py)          bad ones -> dead letters
       -> features + history (features.py)       unreadable state -> dead letters
       -> micro-batcher (batcher.py)             events of all partitions gather
-      -> model, off the loop (inference.py)     poison events isolated -> dead letters
+      -> model, off the loop (ladder.py,        poison events isolated -> dead letters
+           inference.py)                        failures and deadlines -> fallback, default
       -> scores produced in batch order (emit.py)
       -> acknowledged: offsets finished (ordering.py), so they may be committed
 
@@ -25,6 +26,7 @@ from typing import Self
 
 import numpy as np
 import orjson
+from prometheus_client import Counter
 
 from models.featurize import RawFeatures
 from schemas.events import EventRecord
@@ -33,13 +35,17 @@ from streams.bulk import Chunk
 from streams.deadletters import DeadLetterSink
 from streams.decode import DeadLetter, Record, decode_events
 from streams.emit import Delivered, Emitter, Outgoing
-from streams.errors import EmitError
+from streams.errors import EmitError, InferenceError
 from streams.features import FeatureStage
 from streams.flow import Flow
-from streams.inference import Inference, Scored
+from streams.inference import Inference
+from streams.ladder import Ladder, Outcome, Route
 from streams.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: What a score from the last rung of the ladder names as its model.
+DEFAULT_MODEL, DEFAULT_VERSION = "default", "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +83,7 @@ class ScoringPipeline:
         *,
         flow: Flow,
         features: FeatureStage,
-        inference: Inference,
+        ladder: Ladder,
         emitter: Emitter,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
@@ -88,13 +94,13 @@ class ScoringPipeline:
     ) -> None:
         self.flow = flow
         self.features = features
-        self.inference = inference
+        self.ladder = ladder
         self.emitter = emitter
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.scores_topic = scores_topic
         self._on_fatal = on_fatal
-        self.batcher: MicroBatcher[ScoringPart, Scored] = MicroBatcher(
+        self.batcher: MicroBatcher[ScoringPart, Outcome] = MicroBatcher(
             self._run,
             self._deliver,
             max_size=max_batch_size,
@@ -102,11 +108,28 @@ class ScoringPipeline:
             capacity=max(flow.max_in_flight, max_batch_size),
         )
         flow.on_drain(self.batcher.drain)
-        model = inference.model
-        self._model_name = model.name
-        self._model_version = model.version
-        self._scores_counter = metrics.scores.labels(model.name, model.version, "primary")
-        self._compute = metrics.model_compute.labels(model.name, model.version, str(model.device))
+
+        def producer(inference: Inference | None, route: str) -> _Producer:
+            if inference is None:  # the default score: no model, no compute
+                return _Producer(
+                    DEFAULT_MODEL, DEFAULT_VERSION, route, True,
+                    metrics.scores.labels(DEFAULT_MODEL, DEFAULT_VERSION, route),
+                    metrics.model_compute.labels(DEFAULT_MODEL, DEFAULT_VERSION, "none"),
+                )  # fmt: skip
+            model = inference.model
+            return _Producer(
+                model.name, model.version, route, route != "primary",
+                metrics.scores.labels(model.name, model.version, route),
+                metrics.model_compute.labels(model.name, model.version, str(model.device)),
+            )  # fmt: skip
+
+        fallback = ladder.fallback
+        self._producers = (
+            producer(ladder.primary, "primary"),
+            producer(fallback, "fallback") if fallback is not None else producer(None, "fallback"),
+            producer(None, "default"),
+        )
+        self._producers_by_name = {p.name: p for p in self._producers[:2]}
 
     def start(self) -> None:
         self.batcher.start()
@@ -195,61 +218,68 @@ class ScoringPipeline:
             state.add_done_callback(lambda _: self.flow.finish(tp, offsets, generation))
 
     # -- the model -------------------------------------------------------------------------
-    async def _run(self, batch: Batch[ScoringPart]) -> Scored:
+    async def _run(self, batch: Batch[ScoringPart]) -> Outcome:
         raw = RawFeatures.concat([part.raw for part in batch.parts])
-        return await self.inference.score(raw)
+        record_times = np.fromiter(
+            (r.timestamp or 0 for part in batch.parts for r in part.records),
+            dtype=np.float64,
+            count=batch.size,
+        )
+        return await self.ladder.score(raw, record_times / 1000.0)
 
-    def _deliver(self, batch: Batch[ScoringPart], result: Scored | Exception) -> None:
+    def _deliver(self, batch: Batch[ScoringPart], result: Outcome | Exception) -> None:
         """Emit a batch's scores (and its poison events' dead letters), in batch order."""
         metrics = self.metrics
         metrics.batch_size.observe(batch.size)
         metrics.batch_wait.observe(batch.waited)
-        if isinstance(result, Exception):
-            log.error("model failed for a whole batch of %d: %r", batch.size, result)
-            failures: dict[int, Exception] = dict.fromkeys(range(batch.size), result)
-            scores = np.full(batch.size, np.nan, dtype=np.float32)
-        else:
-            metrics.model_latency.observe(result.seconds)
-            self._compute.inc(result.seconds)
-            failures, scores = result.failures, result.scores
+        if isinstance(result, Exception):  # a bug in the ladder: dead-letter, never drop
+            log.error("scoring failed for a whole batch of %d: %r", batch.size, result)
+            result = Outcome(
+                np.full(batch.size, np.nan, dtype=np.float32),
+                np.full(batch.size, Route.FAILED, dtype=np.int8),
+                dict.fromkeys(range(batch.size), result),
+            )
+        for name, seconds in result.seconds.items():
+            metrics.model_latency.observe(seconds)
+            self._producers_by_name[name].compute.inc(seconds)
+        if result.deadline_missed:
+            metrics.deadline_missed.inc(result.deadline_missed)
         scored_ts = time.time()
         start = 0
         for part in batch.parts:
             stop = start + len(part)
             if part.generation == self.flow.generation:  # else abandoned: re-read later
-                self._emit_part(part, scores[start:stop], failures, start, scored_ts)
+                self._emit_part(part, result, start, scored_ts)
             start = stop
 
-    def _emit_part(
-        self,
-        part: ScoringPart,
-        scores: np.ndarray,
-        failures: dict[int, Exception],
-        start: int,
-        scored_ts: float,
-    ) -> None:
+    def _emit_part(self, part: ScoringPart, outcome: Outcome, start: int, scored_ts: float) -> None:
         dead: list[DeadLetter] = []
         messages: list[Outgoing] = []
-        ok_timestamps: list[float] = []
+        offsets: list[int] = []
+        timestamps: list[int] = []
+        counts = [0, 0, 0]  # per Route: primary, fallback, default
+        producers = self._producers
         topic = self.scores_topic
-        name, version = self._model_name, self._model_version
         dumps = orjson.dumps
-        for i, (record, event, score) in enumerate(
-            zip(part.records, part.events, scores.tolist(), strict=True)
-        ):
-            failure = failures.get(start + i) if failures else None
-            if failure is not None:
+        stop = start + len(part)
+        routes = outcome.route[start:stop].tolist()
+        scores = outcome.scores[start:stop].tolist()
+        for i, (record, event) in enumerate(zip(part.records, part.events, strict=True)):
+            route = routes[i]
+            if route == Route.FAILED:
+                failure = outcome.failures.get(start + i) or InferenceError("no score")
                 dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
                 continue
+            producer = producers[route]
             value = dumps(
                 {
                     "event_id": event["event_id"],
                     "entity_id": event["entity_id"],
-                    "score": score,
-                    "model": name,
-                    "model_version": version,
-                    "degraded": False,
-                    "route": "primary",
+                    "score": scores[i],
+                    "model": producer.name,
+                    "model_version": producer.version,
+                    "degraded": producer.degraded,
+                    "route": producer.route,
                     "event_ts": event["ts"],
                     "scored_ts": scored_ts,
                     "source": {
@@ -260,24 +290,27 @@ class ScoringPipeline:
                 }
             )
             messages.append(Outgoing(topic, record.key, value))
-            ok_timestamps.append(record.timestamp or 0)
+            offsets.append(record.offset)
+            timestamps.append(record.timestamp or 0)
+            counts[route] += 1
         if dead:
             self._send_dead_letters(part.tp, dead, part.generation, part.state)
         if not messages:
             return
-        offsets = [
-            record.offset
-            for i, record in enumerate(part.records)
-            if not failures or (start + i) not in failures
-        ]
-        stamps = np.asarray(ok_timestamps, dtype=np.float64) / 1000.0
+        stamps = np.asarray(timestamps, dtype=np.float64) / 1000.0
 
         def delivered(report: Delivered) -> None:
             if report.failures:
                 self._fail(EmitError(f"score not delivered: {report.failures[0][1]}"))
                 return
-            self.metrics.events.labels("scored").inc(len(offsets))
-            self._scores_counter.inc(len(offsets))
+            events = self.metrics.events
+            events.labels("scored").inc(counts[Route.PRIMARY])
+            degraded = counts[Route.FALLBACK] + counts[Route.DEFAULT]
+            if degraded:
+                events.labels("degraded").inc(degraded)
+            for route, count in enumerate(counts):
+                if count:
+                    producers[route].scores.inc(count)
             self.metrics.end_to_end.observe_many(report.acked_at - stamps)
             self._finish_after(part.state, part.tp, offsets, part.generation)
 
@@ -286,3 +319,15 @@ class ScoringPipeline:
     def _fail(self, exc: BaseException) -> None:
         log.error("%s", exc)
         self._on_fatal(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Producer:
+    """What a score says about the rung that produced it, and that rung's counters."""
+
+    name: str
+    version: str
+    route: str
+    degraded: bool
+    scores: Counter
+    compute: Counter

@@ -73,6 +73,49 @@ class Settings(BaseSettings):
     control_topic: TopicName = Field("streamscore.control", description="the rollout plan")
     shadow_topic: TopicName = Field("scores.shadow", description="scores of the shadow model")
 
+    # -- overload and failure -------------------------------------------------------------
+    fallback_model: str | None = Field(
+        "fraud-lr:1",
+        description="lighter model scoring when the primary cannot (empty: none)",
+    )
+    default_score: float | None = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="last rung of the ladder when no model can score (empty: dead-letter)",
+    )
+    deadline_ms: float | None = Field(
+        None,
+        gt=0,
+        le=3_600_000,
+        description="an event older than this (from its record timestamp) skips the primary",
+    )
+    model_timeout_ms: float = Field(
+        1_000, gt=0, le=600_000, description="a model call longer than this fails over"
+    )
+    breaker_failures: int = Field(
+        5, ge=1, le=1_000, description="consecutive primary failures that open the breaker"
+    )
+    breaker_cooldown_ms: float = Field(
+        5_000, gt=0, le=3_600_000, description="how long the breaker stays open before a probe"
+    )
+    delivery_timeout_ms: int = Field(
+        30_000,
+        ge=1_000,
+        le=3_600_000,
+        description="how long the producer retries one message before reporting it failed",
+    )
+    emit_retries: int = Field(
+        5,
+        ge=0,
+        le=1_000,
+        description="re-sends of a failed output before readiness fails (it keeps retrying)",
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: scores, dead letters and offsets in one Kafka transaction",
+    )
+
     # -- group membership and commits (not in the contract's table; add-only) -----------
     session_timeout_ms: int = Field(
         10_000, ge=1_000, le=300_000, description="consumer group session timeout"
@@ -131,6 +174,12 @@ class Settings(BaseSettings):
             if match is None or (match["port"] and not 0 < int(match["port"]) < 65_536):
                 raise ValueError(f"{part!r} is not a broker URL like kafka://HOST:PORT")
         return ",".join(parts)
+
+    @field_validator("fallback_model", "default_score", "deadline_ms", "model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``STREAMSCORE_FALLBACK_MODEL=`` (empty) turns a rung off."""
+        return None if isinstance(value, str) and value.strip() in ("", "none") else value
 
     @field_validator("device")
     @classmethod

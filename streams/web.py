@@ -35,6 +35,7 @@ def register_pages(app: StreamscoreApp) -> None:
         metrics = runtime.metrics
         metrics.paused_partitions.set(len(consumer.paused_for_backpressure()))
         metrics.ready.set(0 if runtime.problems(tables_ready=app.tables_ready()) else 1)
+        runtime.refresh_gauges()
         metrics.consumer_lag.clear()
         for tp, lag in consumer.lag().items():
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -1,4 +1,4 @@
-"""``streamscore train``: train the default architecture on the synthetic generator."""
+"""``streamscore train``: train a packaged architecture on the synthetic generator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import click
 
 from models.errors import ModelError
 from streams.cli.common import fail
+
+#: The shipped architectures: name -> hidden layer widths.
+ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "mlp": ("fraud-mlp", (64, 32)),  # the primary model
+    "logistic": ("fraud-lr", ()),  # the lighter fallback of the ladder
+}
 
 
 @click.command()
@@ -19,13 +25,21 @@ from streams.cli.common import fail
     default=None,
     help="Artifact directory to write (default: regenerate the packaged model).",
 )
-def train(version: str, seed: int, output: Path | None) -> None:
+@click.option(
+    "--architecture",
+    type=click.Choice(sorted(ARCHITECTURES)),
+    default="mlp",
+    show_default=True,
+    help="mlp: fraud-mlp (primary); logistic: fraud-lr (fallback).",
+)
+def train(version: str, seed: int, output: Path | None, architecture: str) -> None:
     """Train deterministically and write a model artifact; print its held-out AUC."""
     from models.train import train as run_training
 
+    name, hidden = ARCHITECTURES[architecture]
     try:
-        report = run_training(seed=seed, version=version, output=output)
-    except (ModelError, OSError) as exc:
+        report = run_training(seed=seed, version=version, output=output, name=name, hidden=hidden)
+    except (ModelError, OSError, ValueError) as exc:
         fail(str(exc))
     click.echo(
         f"wrote {report.path}: AUC {report.auc:.4f} on {report.n_test} held-out events "
