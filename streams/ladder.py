@@ -109,7 +109,7 @@ class Breaker:
 class Outcome:
     """One batch, row by row: the score, which rung produced it, or why there is none."""
 
-    scores: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float64]  # float64, so a configured default score stays exact
     route: npt.NDArray[np.int8]  # Route per row
     failures: dict[int, Exception] = field(default_factory=dict)  # rows to dead-letter
     seconds: dict[str, float] = field(default_factory=dict)  # model time by model name
@@ -139,7 +139,7 @@ class Ladder:
     async def score(self, raw: RawFeatures, record_times: npt.NDArray[np.float64]) -> Outcome:
         """``record_times``: each event's record timestamp, epoch seconds (for the deadline)."""
         n = len(raw)
-        outcome = Outcome(np.full(n, np.nan, dtype=np.float32), np.full(n, Route.FAILED, np.int8))
+        outcome = Outcome(np.full(n, np.nan, dtype=np.float64), np.full(n, Route.FAILED, np.int8))
         rows = list(range(n))
         late: list[int] = []
         if self.deadline is not None and n:

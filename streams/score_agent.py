@@ -235,7 +235,7 @@ class ScoringPipeline:
         if isinstance(result, Exception):  # a bug in the ladder: dead-letter, never drop
             log.error("scoring failed for a whole batch of %d: %r", batch.size, result)
             result = Outcome(
-                np.full(batch.size, np.nan, dtype=np.float32),
+                np.full(batch.size, np.nan, dtype=np.float64),
                 np.full(batch.size, Route.FAILED, dtype=np.int8),
                 dict.fromkeys(range(batch.size), result),
             )
