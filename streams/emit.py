@@ -3,9 +3,18 @@
 One idempotent confluent-kafka producer (librdkafka keeps per-partition order
 even across its own retries) is fed from the event loop; a small thread polls
 it for delivery reports. Messages are sent in *groups* (a batch's scores, a
-chunk's dead letters): when the last message of a group is acknowledged the
+chunk's dead letters): when every message of a group is acknowledged, the
 group's callback runs on the event loop, and only then are the source
 offsets finished, so nothing is committed before its output is durable.
+
+When the broker does not acknowledge a message (it is down, or slower than
+``STREAMSCORE_DELIVERY_TIMEOUT_MS``), the emitter sends it again with
+backoff, and meanwhile holds every newer group back in order, so a retry
+never lets a later score overtake an earlier one. The ``on_stall`` callback
+tells the worker to stop intake (and, past ``STREAMSCORE_EMIT_RETRIES``, to
+fail readiness); retrying goes on until the broker answers, because giving
+up would lose the output. Errors that no retry can fix (a message too large
+for the broker) are reported to the group's callback as ``failures``.
 """
 
 from __future__ import annotations
@@ -14,9 +23,10 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -25,6 +35,22 @@ from streams.errors import BrokerError, EmitError
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str | bytes | None]] | None
+
+#: Errors that sending again cannot fix.
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+    }
+)
+
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
 class Outgoing(NamedTuple):
@@ -42,71 +68,105 @@ class Outgoing(NamedTuple):
 
 @dataclass(slots=True)
 class Delivered:
-    """What a group's callback learns: failures (if any) and the highest offsets written."""
+    """What a group's callback learns: permanent failures, and the highest offsets written."""
 
     failures: list[tuple[Outgoing, KafkaError]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     acked_at: float = 0.0  # wall clock, when the last message was acknowledged
 
 
-class _Group:
-    """Counts one group's delivery reports on the polling thread."""
+class ProducerLike(Protocol):
+    """The part of confluent_kafka.Producer the emitter uses (a fake one in unit tests)."""
 
-    __slots__ = ("_callback", "_loop", "_remaining", "_report", "_track_offsets")
+    def produce(self, topic: str, **kwargs: Any) -> None: ...
+    def poll(self, timeout: float) -> int: ...
+    def flush(self, timeout: float) -> int: ...
+
+
+class _Attempt:
+    """Counts one send attempt's delivery reports on the polling thread."""
+
+    __slots__ = ("_done", "_loop", "_remaining", "failed", "offsets", "size", "track_offsets")
 
     def __init__(
         self,
         size: int,
-        callback: Callable[[Delivered], None],
+        done: Callable[[_Attempt], None],
         loop: asyncio.AbstractEventLoop,
         track_offsets: bool,
     ) -> None:
+        self.size = size
         self._remaining = size
-        self._callback = callback
+        self._done = done
         self._loop = loop
-        self._track_offsets = track_offsets
-        self._report = Delivered()
+        self.track_offsets = track_offsets
+        self.failed: list[tuple[Outgoing, KafkaError]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
 
     def ack(self, error: KafkaError | None, message: Any) -> None:
-        """librdkafka's delivery report for one message of the group (polling thread)."""
-        report = self._report
+        """librdkafka's delivery report for one message (polling thread)."""
         if error is not None:
             failed = Outgoing(
                 message.topic(), message.key(), message.value(), message.headers(),
                 message.partition(),
             )  # fmt: skip
-            report.failures.append((failed, error))
-        elif self._track_offsets:
+            self.failed.append((failed, error))
+        elif self.track_offsets:
             key = (message.topic(), message.partition())
             offset = message.offset()
-            if offset > report.offsets.get(key, -1):
-                report.offsets[key] = offset
+            if offset > self.offsets.get(key, -1):
+                self.offsets[key] = offset
         self._remaining -= 1  # only the polling thread runs this
         if self._remaining == 0:
-            report.acked_at = time.time()
-            self._loop.call_soon_threadsafe(self._callback, report)
+            self._loop.call_soon_threadsafe(self._done, self)
+
+
+@dataclass(slots=True)
+class _Group:
+    """One caller's messages, across however many attempts they take."""
+
+    callback: Callable[[Delivered], None]
+    track_offsets: bool
+    report: Delivered = field(default_factory=Delivered)
+    attempts: int = 0
 
 
 class Emitter:
-    """An idempotent producer with grouped, loop-side delivery callbacks."""
+    """An idempotent producer with grouped, loop-side delivery callbacks and retries."""
 
-    def __init__(self, client_config: dict[str, Any], *, client_id: str, max_queued: int) -> None:
-        config = {
-            **client_config,
-            "client.id": client_id,
-            "enable.idempotence": True,  # acks=all, and order kept through retries
-            "linger.ms": 1,
-            "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
-            "queue.buffering.max.messages": max(100_000, max_queued),
-            "delivery.timeout.ms": 120_000,
-        }
-        try:
-            self._producer = Producer(config)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot create a Kafka producer: {exc}") from exc
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        *,
+        client_id: str,
+        max_queued: int,
+        delivery_timeout_ms: int = 30_000,
+        retries_before_stall: int = 5,
+        producer: ProducerLike | None = None,
+    ) -> None:
+        if producer is None:
+            config: dict[str, Any] = {
+                **client_config,
+                "client.id": client_id,
+                "enable.idempotence": True,  # acks=all, and order kept through retries
+                "linger.ms": 1,
+                "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
+                "queue.buffering.max.messages": max(100_000, max_queued),
+                "delivery.timeout.ms": delivery_timeout_ms,
+            }
+            try:
+                producer = cast(ProducerLike, Producer(config))
+            except KafkaException as exc:
+                raise BrokerError(f"cannot create a Kafka producer: {exc}") from exc
+        self._producer: ProducerLike = producer
+        self.retries_before_stall = retries_before_stall
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._thread: threading.Thread | None = None
+        self._retrying: set[int] = set()  # ids of groups waiting to be sent again
+        self._held: deque[tuple[list[Outgoing], _Group]] = deque()  # newer sends, in order
+        self.stalled: str | None = None  # why outputs are not getting through, if they are not
+        self.on_stall: Callable[[str | None], None] = lambda reason: None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -118,6 +178,10 @@ class Emitter:
         while self._running:
             self._producer.poll(0.05)
 
+    @property
+    def retrying(self) -> bool:
+        return bool(self._retrying)
+
     def send(
         self,
         messages: Sequence[Outgoing],
@@ -128,13 +192,24 @@ class Emitter:
         """Produce ``messages`` in order; call ``on_delivered`` on the loop once all landed."""
         if self._loop is None:
             raise EmitError("the emitter is not started")
+        group = _Group(on_delivered, track_offsets)
         if not messages:
-            report = Delivered(acked_at=time.time())
-            self._loop.call_soon(on_delivered, report)
+            group.report.acked_at = time.time()
+            self._loop.call_soon(on_delivered, group.report)
             return
-        group = _Group(len(messages), on_delivered, self._loop, track_offsets)
+        if self._retrying:  # keep order: nothing overtakes a message being retried
+            self._held.append((list(messages), group))
+            return
+        self._produce(messages, group)
+
+    def _produce(self, messages: Sequence[Outgoing], group: _Group) -> None:
+        assert self._loop is not None
+        group.attempts += 1
+        attempt = _Attempt(
+            len(messages), lambda a: self._attempt_done(a, group), self._loop, group.track_offsets
+        )
         produce = self._producer.produce
-        ack = group.ack
+        ack = attempt.ack
         for message in messages:
             while True:
                 try:
@@ -153,15 +228,62 @@ class Emitter:
                 except KafkaException as exc:
                     raise EmitError(f"cannot produce to {message.topic!r}: {exc}") from exc
 
+    def _attempt_done(self, attempt: _Attempt, group: _Group) -> None:
+        report = group.report
+        for key, offset in attempt.offsets.items():
+            report.offsets[key] = max(offset, report.offsets.get(key, -1))
+        retry: list[Outgoing] = []
+        for message, error in attempt.failed:
+            if error.code() in PERMANENT_ERRORS:
+                report.failures.append((message, error))
+            else:
+                retry.append(message)
+        if not retry:
+            if id(group) in self._retrying:
+                self._retrying.discard(id(group))
+                self._maybe_release()
+            report.acked_at = time.time()
+            group.callback(report)
+            return
+        self._retrying.add(id(group))
+        error = attempt.failed[0][1]
+        if group.attempts > self.retries_before_stall:
+            self._stall(f"cannot deliver to the broker after {group.attempts} attempts: {error}")
+        else:
+            self.on_stall(f"retrying delivery: {error}")
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (group.attempts - 1))
+        log.warning(
+            "%d of %d messages not acknowledged (%s); sending again in %.1fs",
+            len(retry), attempt.size, error, delay,
+        )  # fmt: skip
+        assert self._loop is not None
+        self._loop.call_later(delay, self._produce, retry, group)
+
+    def _stall(self, reason: str) -> None:
+        if self.stalled is None:
+            log.error("%s; intake stays stopped until it gets through", reason)
+        self.stalled = reason
+        self.on_stall(reason)
+
+    def _maybe_release(self) -> None:
+        if self._retrying:
+            return
+        if self.stalled is not None:
+            log.warning("deliveries get through again")
+        self.stalled = None
+        self.on_stall(None)
+        while self._held and not self._retrying:
+            messages, group = self._held.popleft()
+            self._produce(messages, group)
+
     async def close(self, timeout: float = 30.0) -> int:
         """Flush what is queued and stop; return how many messages could not be delivered."""
         self._running = False
+        loop = asyncio.get_running_loop()
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            await loop.run_in_executor(None, self._thread.join)
             self._thread = None
-        remaining: int = await asyncio.get_running_loop().run_in_executor(
-            None, self._producer.flush, timeout
-        )
+        remaining: int = await loop.run_in_executor(None, self._producer.flush, timeout)
         if remaining:
             log.error("%d messages were not delivered before shutdown", remaining)
         return remaining

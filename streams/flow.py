@@ -43,6 +43,7 @@ class Flow:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._drain_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.holds: dict[str, str] = {}  # who holds intake back, and why
 
     # -- admission and completion ----------------------------------------------------------
     def admit(self, tp: Hashable, epoch: int, offsets: Sequence[int]) -> int | None:
@@ -74,13 +75,21 @@ class Flow:
             self._quiet.set()
         else:
             self._quiet.clear()
-        if not self.paused and in_flight >= self.max_in_flight:
+        if not self.paused and (in_flight >= self.max_in_flight or self.holds):
             self.paused = True
             self._resumed.clear()
-            log.debug("backpressure: %d events in flight, pausing intake", in_flight)
-        elif self.paused and in_flight < self.resume_below:
+            log.debug("intake paused: %d events in flight, holds %s", in_flight, self.holds)
+        elif self.paused and in_flight < self.resume_below and not self.holds:
             self.paused = False
             self._resumed.set()
+
+    def hold(self, who: str, reason: str | None) -> None:
+        """Stop intake while ``reason`` is set (e.g. outputs cannot be delivered); None lifts it."""
+        if reason is None:
+            self.holds.pop(who, None)
+        else:
+            self.holds[who] = reason
+        self._changed()
 
     async def wait_resumed(self, timeout: float) -> None:
         """Wait until intake may continue (or the timeout passes)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,7 +54,6 @@ class Runtime:
         history_table: Any,
         event_sink: Sink,
         feature_sink: Sink,
-        on_fatal: Callable[[BaseException], None],
     ) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
@@ -79,14 +77,17 @@ class Runtime:
             settings.kafka_client_config(),
             client_id=f"{settings.app_id}-emitter",
             max_queued=8 * settings.max_in_flight,
+            delivery_timeout_ms=settings.delivery_timeout_ms,
+            retries_before_stall=settings.emit_retries,
         )
+        emitter.on_stall = lambda reason: self.flow.hold("emit", reason)
         emitter.start(loop)
         self.emitter = emitter
 
         def fatal(exc: BaseException) -> None:
-            if self.failure is None:
-                self.failure = exc
-                on_fatal(exc)
+            """An output that can never be delivered: hold intake, never commit past it."""
+            log.error("intake stopped for good: %s", exc)
+            self.flow.hold("stuck", f"stopped: {exc}")
 
         dead_letters = DeadLetterSink(settings.dlq_topic, settings.app_id, self.metrics)
         profiles = TableState(profiles_table)
@@ -148,6 +149,10 @@ class Runtime:
             reasons.append(f"failed: {self.failure}")
         if self.scoring is not None and self.scoring.batcher.failure is not None:
             reasons.append(f"batcher failed: {self.scoring.batcher.failure}")
+        if self.emitter is not None and self.emitter.stalled is not None:
+            reasons.append(f"outputs are not getting through: {self.emitter.stalled}")
+        if "stuck" in self.flow.holds:
+            reasons.append(self.flow.holds["stuck"])
         if self.ladder is not None and self.ladder.breaker.state is not BreakerState.CLOSED:
             reasons.append(
                 f"model circuit breaker {self.ladder.breaker.state.value}: scores are degraded"

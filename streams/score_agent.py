@@ -255,7 +255,7 @@ class ScoringPipeline:
     def _emit_part(self, part: ScoringPart, outcome: Outcome, start: int, scored_ts: float) -> None:
         dead: list[DeadLetter] = []
         messages: list[Outgoing] = []
-        offsets: list[int] = []
+        sources: list[Record] = []
         timestamps: list[int] = []
         counts = [0, 0, 0]  # per Route: primary, fallback, default
         producers = self._producers
@@ -290,7 +290,7 @@ class ScoringPipeline:
                 }
             )
             messages.append(Outgoing(topic, record.key, value))
-            offsets.append(record.offset)
+            sources.append(record)
             timestamps.append(record.timestamp or 0)
             counts[route] += 1
         if dead:
@@ -300,9 +300,10 @@ class ScoringPipeline:
         stamps = np.asarray(timestamps, dtype=np.float64) / 1000.0
 
         def delivered(report: Delivered) -> None:
-            if report.failures:
-                self._fail(EmitError(f"score not delivered: {report.failures[0][1]}"))
-                return
+            ok = sources
+            if report.failures:  # the broker will never take these: their events are dead letters
+                ok = self._emit_failed(part, messages, sources, report)
+            offsets = [record.offset for record in ok]
             events = self.metrics.events
             events.labels("scored").inc(counts[Route.PRIMARY])
             degraded = counts[Route.FALLBACK] + counts[Route.DEFAULT]
@@ -315,6 +316,27 @@ class ScoringPipeline:
             self._finish_after(part.state, part.tp, offsets, part.generation)
 
         self.emitter.send(messages, delivered)
+
+    def _emit_failed(
+        self,
+        part: ScoringPart,
+        messages: list[Outgoing],
+        sources: list[Record],
+        report: Delivered,
+    ) -> list[Record]:
+        """Dead-letter the events whose scores the broker refused for good; return the rest."""
+        refused = {message.value: error for message, error in report.failures}
+        dead, ok = [], []
+        for message, record in zip(messages, sources, strict=True):
+            error = refused.get(message.value)
+            if error is None:
+                ok.append(record)
+            else:
+                reason = f"the score could not be produced: {error.str()}"
+                dead.append(DeadLetter(record, "emit", error.name(), reason))
+        log.error("%d scores refused by the broker: dead-lettered", len(dead))
+        self._send_dead_letters(part.tp, dead, part.generation, part.state)
+        return ok
 
     def _fail(self, exc: BaseException) -> None:
         log.error("%s", exc)

@@ -1,0 +1,166 @@
+"""The emitter with a fake producer: grouped acknowledgements, retries in order, stalls."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+
+from streams import emit
+from streams.emit import Delivered, Emitter, Outgoing
+
+
+@dataclass
+class FakeMessage:
+    _topic: str
+    _key: bytes | None
+    _value: bytes | None
+    _partition: int
+    _offset: int
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> None:
+        return None
+
+
+class FakeProducer:
+    """Records what is produced; the test decides when and how each is acknowledged."""
+
+    def __init__(self) -> None:
+        self.produced: list[bytes | None] = []
+        self.pending: list[tuple[Any, FakeMessage]] = []
+        self.offset = 0
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        partition = kwargs["partition"] if kwargs["partition"] >= 0 else 0
+        message = FakeMessage(topic, kwargs["key"], kwargs["value"], partition, self.offset)
+        self.offset += 1
+        self.produced.append(kwargs["value"])
+        self.pending.append((kwargs["on_delivery"], message))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def acknowledge(self, error: int | None = None) -> None:
+        pending, self.pending = self.pending, []
+        for callback, message in pending:
+            callback(KafkaError(error) if error is not None else None, message)
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Await a condition that another thread's callbacks make true, with a deadline."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(emit, "BACKOFF_FIRST", 0.01)
+
+
+def emitter(retries_before_stall: int = 5) -> tuple[Emitter, FakeProducer, list[str | None]]:
+    producer = FakeProducer()
+    built = Emitter(
+        {}, client_id="t", max_queued=10, retries_before_stall=retries_before_stall,
+        producer=producer,
+    )  # fmt: skip
+    stalls: list[str | None] = []
+    built.on_stall = stalls.append
+    built.start(asyncio.get_running_loop())
+    return built, producer, stalls
+
+
+def messages(*values: bytes) -> list[Outgoing]:
+    return [Outgoing("t", b"k", v) for v in values]
+
+
+async def test_a_group_is_reported_once_all_its_messages_are_acknowledged() -> None:
+    em, producer, _ = emitter()
+    reports: list[Delivered] = []
+    em.send(messages(b"a", b"b"), reports.append, track_offsets=True)
+    assert producer.produced == [b"a", b"b"]
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert reports[0].failures == []
+    assert reports[0].offsets == {("t", 0): 1}
+    await em.close()
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_unacknowledged_messages_are_sent_again_and_newer_ones_wait_their_turn() -> None:
+    em, producer, stalls = emitter()
+    first: list[Delivered] = []
+    second: list[Delivered] = []
+    em.send(messages(b"a"), first.append)
+    producer.acknowledge(KafkaError._MSG_TIMED_OUT)
+    await until(lambda: em.retrying)
+    em.send(messages(b"b"), second.append)  # must not overtake "a"
+    await until(lambda: len(producer.produced) == 2)
+    assert producer.produced == [b"a", b"a"]
+    assert stalls[0] is not None
+    assert "retrying" in stalls[0]
+    producer.acknowledge()
+    await until(lambda: len(producer.produced) == 3)
+    assert producer.produced == [b"a", b"a", b"b"]
+    assert first
+    assert not first[0].failures
+    assert stalls[-1] is None
+    producer.acknowledge()
+    await until(lambda: second)
+    await em.close()
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_past_the_retry_budget_the_emitter_says_it_is_stalled_and_keeps_trying() -> None:
+    em, producer, stalls = emitter(retries_before_stall=1)
+    reports: list[Delivered] = []
+    em.send(messages(b"a"), reports.append)
+    for attempt in range(3):
+        await until(lambda: len(producer.pending) == 1)
+        producer.acknowledge(KafkaError.NOT_ENOUGH_REPLICAS)
+        await until(lambda n=attempt: len(producer.produced) >= n + 2 or em.stalled is not None)
+    assert em.stalled is not None
+    assert "after" in em.stalled
+    await until(lambda: len(producer.pending) == 1)
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert em.stalled is None
+    assert stalls[-1] is None
+    await em.close()
+
+
+async def test_an_error_no_retry_can_fix_is_reported_to_the_caller() -> None:
+    em, producer, _ = emitter()
+    reports: list[Delivered] = []
+    em.send(messages(b"x" * 10, b"ok"), reports.append)
+    callbacks = producer.pending
+    producer.pending = []
+    callbacks[0][0](KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), callbacks[0][1])
+    callbacks[1][0](None, callbacks[1][1])
+    await until(lambda: reports)
+    [(message, error)] = reports[0].failures
+    assert message.value == b"x" * 10
+    assert error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    assert not em.retrying
+    await em.close()
