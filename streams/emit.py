@@ -50,6 +50,17 @@ PERMANENT_ERRORS = frozenset(
     }
 )
 
+#: Errors after which the producer instance is unusable (or its identity is): a new one is made.
+RENEW_PRODUCER_ERRORS = frozenset(
+    {
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError._FATAL,
+    }
+)
+
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
@@ -81,12 +92,15 @@ class ProducerLike(Protocol):
     def produce(self, topic: str, **kwargs: Any) -> None: ...
     def poll(self, timeout: float) -> int: ...
     def flush(self, timeout: float) -> int: ...
+    def __len__(self) -> int: ...
 
 
 class _Attempt:
     """Counts one send attempt's delivery reports on the polling thread."""
 
-    __slots__ = ("_done", "_loop", "_remaining", "failed", "offsets", "size", "track_offsets")
+    __slots__ = (
+        "_done", "_loop", "_remaining", "failed", "offsets", "producer", "size", "track_offsets",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -94,7 +108,9 @@ class _Attempt:
         done: Callable[[_Attempt], None],
         loop: asyncio.AbstractEventLoop,
         track_offsets: bool,
+        producer: ProducerLike,
     ) -> None:
+        self.producer = producer  # the instance it was sent with
         self.size = size
         self._remaining = size
         self._done = done
@@ -142,23 +158,29 @@ class Emitter:
         max_queued: int,
         delivery_timeout_ms: int = 30_000,
         retries_before_stall: int = 5,
-        producer: ProducerLike | None = None,
+        producer_factory: Callable[[], ProducerLike] | None = None,
     ) -> None:
-        if producer is None:
-            config: dict[str, Any] = {
-                **client_config,
-                "client.id": client_id,
-                "enable.idempotence": True,  # acks=all, and order kept through retries
-                "linger.ms": 1,
-                "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
-                "queue.buffering.max.messages": max(100_000, max_queued),
-                "delivery.timeout.ms": delivery_timeout_ms,
-            }
+        config: dict[str, Any] = {
+            **client_config,
+            "client.id": client_id,
+            "enable.idempotence": True,  # acks=all, and order kept through retries
+            "linger.ms": 1,
+            "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
+            "queue.buffering.max.messages": max(100_000, max_queued),
+            "delivery.timeout.ms": delivery_timeout_ms,
+            "error_cb": _log_client_error,
+        }
+
+        def create() -> ProducerLike:
             try:
-                producer = cast(ProducerLike, Producer(config))
+                return cast(ProducerLike, Producer(config))
             except KafkaException as exc:
                 raise BrokerError(f"cannot create a Kafka producer: {exc}") from exc
-        self._producer: ProducerLike = producer
+
+        self._create = producer_factory or create
+        self._producer: ProducerLike = self._create()
+        self._retiring: list[ProducerLike] = []  # replaced producers, polled until drained
+        self._renew = False
         self.retries_before_stall = retries_before_stall
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -167,6 +189,7 @@ class Emitter:
         self._held: deque[tuple[list[Outgoing], _Group]] = deque()  # newer sends, in order
         self.stalled: str | None = None  # why outputs are not getting through, if they are not
         self.on_stall: Callable[[str | None], None] = lambda reason: None
+        self.on_retry: Callable[[int], None] = lambda count: None  # messages sent again
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -177,6 +200,11 @@ class Emitter:
     def _poll(self) -> None:
         while self._running:
             self._producer.poll(0.05)
+            if self._retiring:  # let a replaced producer report what it still holds
+                for old in list(self._retiring):
+                    old.poll(0)
+                    if not len(old):
+                        self._retiring.remove(old)
 
     @property
     def retrying(self) -> bool:
@@ -204,10 +232,16 @@ class Emitter:
 
     def _produce(self, messages: Sequence[Outgoing], group: _Group) -> None:
         assert self._loop is not None
+        if self._renew:
+            self._renew = False
+            log.warning("the producer can no longer send (fenced or fatal error): replacing it")
+            self._retiring.append(self._producer)
+            self._producer = self._create()
         group.attempts += 1
         attempt = _Attempt(
-            len(messages), lambda a: self._attempt_done(a, group), self._loop, group.track_offsets
-        )
+            len(messages), lambda a: self._attempt_done(a, group), self._loop,
+            group.track_offsets, self._producer,
+        )  # fmt: skip
         produce = self._producer.produce
         ack = attempt.ack
         for message in messages:
@@ -234,6 +268,9 @@ class Emitter:
             report.offsets[key] = max(offset, report.offsets.get(key, -1))
         retry: list[Outgoing] = []
         for message, error in attempt.failed:
+            renew = error.code() in RENEW_PRODUCER_ERRORS or error.fatal()
+            if renew and attempt.producer is self._producer:  # not one already replaced
+                self._renew = True
             if error.code() in PERMANENT_ERRORS:
                 report.failures.append((message, error))
             else:
@@ -257,6 +294,7 @@ class Emitter:
             len(retry), attempt.size, error, delay,
         )  # fmt: skip
         assert self._loop is not None
+        self.on_retry(len(retry))
         self._loop.call_later(delay, self._produce, retry, group)
 
     def _stall(self, reason: str) -> None:
@@ -287,3 +325,11 @@ class Emitter:
         if remaining:
             log.error("%d messages were not delivered before shutdown", remaining)
         return remaining
+
+
+def _log_client_error(error: KafkaError) -> None:
+    """librdkafka's client-level errors (connection trouble, fatal producer states)."""
+    if error.fatal():
+        log.error("producer: fatal error %s", error)
+    else:
+        log.debug("producer: %s", error)

@@ -81,6 +81,7 @@ class Runtime:
             retries_before_stall=settings.emit_retries,
         )
         emitter.on_stall = lambda reason: self.flow.hold("emit", reason)
+        emitter.on_retry = self.metrics.emit_retries.inc
         emitter.start(loop)
         self.emitter = emitter
 

@@ -61,6 +61,9 @@ class FakeProducer:
     def flush(self, timeout: float) -> int:
         return 0
 
+    def __len__(self) -> int:
+        return len(self.pending)
+
     def acknowledge(self, error: int | None = None) -> None:
         pending, self.pending = self.pending, []
         for callback, message in pending:
@@ -83,7 +86,7 @@ def emitter(retries_before_stall: int = 5) -> tuple[Emitter, FakeProducer, list[
     producer = FakeProducer()
     built = Emitter(
         {}, client_id="t", max_queued=10, retries_before_stall=retries_before_stall,
-        producer=producer,
+        producer_factory=lambda: producer,
     )  # fmt: skip
     stalls: list[str | None] = []
     built.on_stall = stalls.append
@@ -163,4 +166,25 @@ async def test_an_error_no_retry_can_fix_is_reported_to_the_caller() -> None:
     assert message.value == b"x" * 10
     assert error.code() == KafkaError.MSG_SIZE_TOO_LARGE
     assert not em.retrying
+    await em.close()
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_a_fenced_producer_is_replaced_and_the_messages_sent_on_the_new_one() -> None:
+    made: list[FakeProducer] = []
+
+    def factory() -> FakeProducer:
+        made.append(FakeProducer())
+        return made[-1]
+
+    em = Emitter({}, client_id="t", max_queued=10, producer_factory=factory)
+    em.start(asyncio.get_running_loop())
+    reports: list[Delivered] = []
+    em.send(messages(b"a", b"b"), reports.append)
+    made[0].acknowledge(KafkaError.PRODUCER_FENCED)
+    await until(lambda: len(made) == 2 and len(made[1].produced) == 2)
+    assert made[1].produced == [b"a", b"b"]
+    made[1].acknowledge()
+    await until(lambda: reports)
+    assert reports[0].failures == []
     await em.close()

@@ -1,0 +1,90 @@
+"""The broker stops answering mid-stream: intake stops, readiness fails, nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.synthetic import SyntheticWorld
+from streams.embedded import EmbeddedBroker
+from streams.harness import metric_value
+from tests.integration.conftest import Deployment, event_record
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker for this test alone: it is frozen with SIGSTOP."""
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log")
+    broker.start()
+    yield broker
+    if broker.process is not None:
+        os.kill(broker.process.pid, signal.SIGCONT)
+    broker.stop()
+
+
+@pytest.mark.broker
+def test_outputs_are_retried_through_an_outage_and_readiness_says_so(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    deployment = Deployment(own_broker.bootstrap, tmp_path)
+    try:
+        worker = deployment.worker(
+            STREAMSCORE_DELIVERY_TIMEOUT_MS="1500",
+            STREAMSCORE_EMIT_RETRIES="1",
+            STREAMSCORE_SESSION_TIMEOUT_MS="30000",
+            STREAMSCORE_REBALANCE_TIMEOUT_MS="40000",
+        )
+        worker.wait_ready()
+        world = SyntheticWorld(seed=41, n_entities=100)
+        records = [event_record(item.event) for item in world.events(6000)]
+        deployment.publish("events", records[:2000])
+        reader = deployment.reader()
+        reader.until(lambda o: len(o.scores) >= 2000, 60)
+
+        # Freeze the broker while events keep arriving in the worker's fetch buffers.
+        later = threading.Thread(target=deployment.publish, args=("events", records[2000:]))
+        later.start()
+        later.join()
+        assert own_broker.process is not None
+        os.kill(own_broker.process.pid, signal.SIGSTOP)
+        readiness = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, body = worker.get("/health/ready", timeout=2)
+            readiness.append((status, body))
+            if status == 503 and b"not getting through" in body:
+                break
+            time.sleep(0.2)
+        os.kill(own_broker.process.pid, signal.SIGCONT)
+        assert readiness[-1][0] == 503, readiness[-1]
+        assert b"not getting through" in readiness[-1][1]
+
+        ids = {orjson.loads(r.value)["event_id"] for r in records}  # type: ignore[arg-type]
+        out = reader.until(lambda o: o.scored_ids() >= ids, 90)
+        reader.close()
+        assert out.scored_ids() == ids  # nothing lost
+        firsts: dict[bytes, list[int]] = defaultdict(list)
+        seen: set[str] = set()
+        for message, value in out.scores:
+            if value["event_id"] not in seen:
+                seen.add(value["event_id"])
+                firsts[message.key()].append(value["source"]["offset"])
+        assert all(offsets == sorted(offsets) for offsets in firsts.values())
+
+        deadline = time.monotonic() + 30
+        while worker.get("/health/ready")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.get("/health/ready")[0] == 200  # recovered on its own
+        metrics = worker.settled_metrics()
+        assert metric_value(metrics, "streamscore_emit_retries_total") > 0
+        assert worker.terminate() == 0
+    finally:
+        deployment.stop_all()
