@@ -14,7 +14,8 @@ offset whose output is not yet acknowledged). Rebalances and shutdown drain
 the flow before Faust commits (:meth:`BulkConsumer.wait_empty`).
 
 This leans on private methods of faust-streaming 0.15.3 (pinned), all in
-this one module: ``_drain_messages``, ``_wait_next_records``, ``_getmany``,
+this one module: ``_drain_messages``, ``_wait_next_records``, the consumer
+thread's ``_fetch_records``,
 ``_new_offset``, ``_filter_tps_with_pending_acks`` and the per-message
 bookkeeping copied from ``Consumer._drain_messages``. The integration tests
 (restart, rebalance, recovery) fail if any of these change meaning.
@@ -123,11 +124,26 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 return {}, set()
             active: set[TP] = self._get_active_partitions()
             if active:
-                return await self._getmany(active_partitions=active, timeout=timeout), active
+                return await self._fetch(active, timeout), active
             await self.sleep(1)
             return {}, active
         finally:
             self.not_waiting_next_records.set()
+
+    async def _fetch(self, active: set[TP], timeout: float) -> Any:
+        """Faust's fetch, but never more records than there is room for in flight."""
+        thread = self._thread
+        limit = thread._ensure_consumer()._max_poll_records
+        flow = self._flow
+        if flow is not None:
+            limit = max(1, min(limit, flow.max_in_flight - flow.in_flight))
+        return await thread.call_thread(
+            thread._fetch_records,
+            thread._ensure_consumer(),
+            active,
+            timeout=timeout,
+            max_records=limit,
+        )
 
     async def _drain_messages(self, fetcher: Any) -> None:
         consumer_should_stop = self._stopped.is_set
