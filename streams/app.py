@@ -92,6 +92,7 @@ class StreamscoreApp(faust.App):
                 history_table=history,
                 event_sink=_sink(event_chunks),
                 feature_sink=_sink(feature_chunks),
+                on_error=self._fatal,
             )
         except StreamscoreError as exc:
             log.error("cannot start: %s", exc)

@@ -24,20 +24,29 @@ bookkeeping copied from ``Consumer._drain_messages``. The integration tests
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from time import monotonic
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.embedded import probe_end_offsets
 from streams.flow import Flow
+from streams.recovery import recovery_end_offsets
 
 log = logging.getLogger(__name__)
+
+
+class TransactionHooks(Protocol):
+    """What the consumer tells the exactly-once machinery (streams.runtime)."""
+
+    async def on_drained(self, drained: bool) -> None: ...
+    async def on_revoked(self, tps: set[TP]) -> None: ...
+    async def on_assigned(self, tps: set[TP]) -> None: ...
 
 
 class Chunk(NamedTuple):
@@ -59,6 +68,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         owner = self.consumer
         assert isinstance(owner, BulkConsumer)
         consumer._fetch_max_wait_ms = owner.fetch_max_wait_ms
+        if owner.exactly_once is not None:  # never read another producer's aborted writes
+            consumer._isolation_level = "read_committed"
         return consumer
 
 
@@ -69,8 +80,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
     _sinks: dict[str, Sink]
     drain_timeout: float = 30.0
     fetch_max_wait_ms: int = 500
-    #: Set on the embedded broker, whose reported end offsets can be short (streams.embedded).
-    probe_end_offsets_via: str | None = None
+    #: Client config to measure changelog ends with (streams.recovery); None trusts the broker.
+    measure_ends_with: dict[str, Any] | None = None
+    #: Exactly-once: offsets of bulk partitions are committed in transactions, not by Faust.
+    exactly_once: TransactionHooks | None = None
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -215,14 +228,16 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 set_read_offset(tp, offset)
 
     async def highwaters(self, *partitions: TP) -> Any:
-        """End offsets, as table recovery reads them; corrected on the embedded broker."""
+        """End offsets for table recovery, measured where the reported ones mislead."""
         reported = await super().highwaters(*partitions)
-        bootstrap = self.probe_end_offsets_via
-        if bootstrap is None or not reported:
+        config = self.measure_ends_with
+        if config is None or not reported:
             return reported
         by_key = {(tp.topic, tp.partition): offset for tp, offset in reported.items()}
-        loop = asyncio.get_running_loop()
-        corrected = await loop.run_in_executor(None, probe_end_offsets, bootstrap, by_key)
+        measure = functools.partial(
+            recovery_end_offsets, config, by_key, read_committed=self.exactly_once is not None
+        )
+        corrected = await asyncio.get_running_loop().run_in_executor(None, measure)
         return {tp: corrected[(tp.topic, tp.partition)] for tp in reported}
 
     # -- commits ---------------------------------------------------------------------------
@@ -242,6 +257,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
     def _new_offset(self, tp: TP) -> int | None:
         flow = self._flow
         if flow is not None and tp.topic in self._sinks:
+            if self.exactly_once is not None:
+                return None  # committed inside the partition's transaction instead
             return flow.committable(tp)
         result: int | None = super()._new_offset(tp)
         return result
@@ -250,19 +267,25 @@ class BulkConsumer(faust_aiokafka.Consumer):
     async def wait_empty(self) -> None:
         """Finish (or abandon) in-flight bulk work, then let Faust commit and finish its own."""
         if self._flow is not None:
-            await self._flow.drain(self.drain_timeout)
+            drained = await self._flow.drain(self.drain_timeout)
+            if self.exactly_once is not None:
+                await self.exactly_once.on_drained(drained)
         await super().wait_empty()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)  # Faust drains (wait_empty) and commits
         if self._flow is not None:
             self._flow.forget(tp for tp in revoked if tp.topic in self._sinks)
+        if self.exactly_once is not None:
+            await self.exactly_once.on_revoked({tp for tp in revoked if tp.topic in self._sinks})
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         if self._flow is not None:
             # Every assigned partition is re-read from its committed offset (a new
             # assignment resets fetch positions), so start the bookkeeping afresh.
             self._flow.abandon()
+        if self.exactly_once is not None:  # fence the previous owners before reading anything
+            await self.exactly_once.on_assigned({tp for tp in assigned if tp.topic in self._sinks})
         await super().on_partitions_assigned(assigned, generation_id)
 
 

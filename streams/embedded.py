@@ -2,7 +2,9 @@
 
 It keeps everything in memory and starts in milliseconds: the demo and the
 tests run on it; production runs Apache Kafka. Its known deviations from
-Kafka are handled here and only here (see :func:`probe_end_offsets`).
+Kafka: a waiting fetch is answered only when its wait expires (workers use a
+10 ms fetch wait on it), and reported end offsets can be short (table
+recovery measures them, see :mod:`streams.recovery`).
 """
 
 from __future__ import annotations
@@ -130,50 +132,6 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def probe_end_offsets(
-    bootstrap: str, reported: dict[tuple[str, int], int], timeout: float = 5.0
-) -> dict[tuple[str, int], int]:
-    """True end offsets where the broker under-reports them.
-
-    The embedded broker answers ListOffsets(latest) with the base offset of
-    the last record *batch* plus one, so the reported end is too low whenever
-    that batch holds several records; table recovery that stops there loses
-    the tail of a changelog. Reading on from the last reported offset until a
-    fetch returns nothing gives the real end. Apache Kafka needs none of this.
-    """
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-    wanted = {tp: end for tp, end in reported.items() if end > 0}
-    if not wanted:
-        return dict(reported)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "streamscore-end-offset-probe",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    corrected = dict(reported)
-    try:
-        consumer.assign([TopicPartition(t, p, end - 1) for (t, p), end in wanted.items()])
-        open_partitions = set(wanted)
-        deadline = time.monotonic() + timeout
-        while open_partitions and time.monotonic() < deadline:
-            for message in consumer.consume(10_000, 0.2):
-                key = (str(message.topic()), int(message.partition() or 0))
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        open_partitions.discard(key)
-                    continue
-                corrected[key] = max(corrected[key], int(message.offset() or 0) + 1)
-    finally:
-        consumer.close()
-    return corrected
 
 
 @contextlib.contextmanager

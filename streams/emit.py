@@ -216,8 +216,12 @@ class Emitter:
         on_delivered: Callable[[Delivered], None],
         *,
         track_offsets: bool = False,
+        source: Any = None,
     ) -> None:
-        """Produce ``messages`` in order; call ``on_delivered`` on the loop once all landed."""
+        """Produce ``messages`` in order; call ``on_delivered`` on the loop once all landed.
+
+        ``source`` (the source partition) matters only to the transactional emitter.
+        """
         if self._loop is None:
             raise EmitError("the emitter is not started")
         group = _Group(on_delivered, track_offsets)

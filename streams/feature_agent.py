@@ -23,6 +23,7 @@ from streams.errors import EmitError
 from streams.flow import Flow
 from streams.metrics import Metrics
 from streams.state import TableState
+from streams.transactions import TransactionalEmitter
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class FeaturePipeline:
         *,
         flow: Flow,
         profiles: TableState,
-        emitter: Emitter,
+        emitter: Emitter | TransactionalEmitter,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
         on_fatal: Callable[[BaseException], None],
@@ -79,7 +80,7 @@ class FeaturePipeline:
             self.metrics.feature_updates.inc(applied)
             flow.finish(tp, offsets, generation)
 
-        self.emitter.send(changelog, written, track_offsets=True)
+        self.emitter.send(changelog, written, track_offsets=True, source=tp)
 
     def _send_dead_letters(self, chunk: Chunk, dead: list[DeadLetter], generation: int) -> None:
         offsets = [letter.record.offset for letter in dead]
@@ -91,4 +92,4 @@ class FeaturePipeline:
             self.dead_letters.delivered(dead, events=False)
             self.flow.finish(chunk.tp, offsets, generation)
 
-        self.emitter.send(self.dead_letters.messages(dead), delivered)
+        self.emitter.send(self.dead_letters.messages(dead), delivered, source=chunk.tp)

@@ -101,9 +101,8 @@ class Flow:
         """Run ``hook`` when draining (e.g. flush the batcher without waiting for its bound)."""
         self._drain_hooks.append(hook)
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop intake and finish what is in flight; ``False`` (and abandon it) on timeout."""
-        self.intake_epoch += 1
+    async def quiesce(self, timeout: float) -> bool:
+        """Finish what is in flight without refusing queued chunks (intake must be held)."""
 
         async def settle() -> None:
             for hook in self._drain_hooks:
@@ -113,6 +112,13 @@ class Flow:
         try:
             await asyncio.wait_for(settle(), timeout)
         except TimeoutError:
+            return False
+        return True
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop intake and finish what is in flight; ``False`` (and abandon it) on timeout."""
+        self.intake_epoch += 1
+        if not await self.quiesce(timeout):
             log.error(
                 "drain gave up after %.1fs with %d events in flight; they will be re-read "
                 "from the committed offsets",

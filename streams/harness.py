@@ -151,7 +151,14 @@ class Output:
 class OutputReader:
     """Reads the scores and DLQ topics from the beginning with a confluent-kafka consumer."""
 
-    def __init__(self, bootstrap: str, scores_topic: str, dlq_topic: str, partitions: int):
+    def __init__(
+        self,
+        bootstrap: str,
+        scores_topic: str,
+        dlq_topic: str,
+        partitions: int,
+        isolation: str = "read_committed",
+    ):
         self.scores_topic = scores_topic
         self.dlq_topic = dlq_topic
         self.output = Output()
@@ -161,6 +168,7 @@ class OutputReader:
                 "group.id": f"streamscore-reader-{os.getpid()}-{time.monotonic_ns()}",
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
+                "isolation.level": isolation,
             }
         )
         self._consumer.assign(

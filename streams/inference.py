@@ -17,12 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,10 +27,9 @@ import torch
 from models.artifact import LoadedModel, load_artifact
 from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.errors import ConfigError, InferenceError, NonFiniteScore
+from streams.threads import DaemonThread
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -59,49 +54,6 @@ def default_torch_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-class ModelThread:
-    """One daemon thread running submitted calls in order; results come back as futures."""
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[
-            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._calls.put((call, future, loop))
-        return future
-
-    def _serve(self) -> None:
-        while (item := self._calls.get()) is not None:
-            call, future, loop = item
-            try:
-                result, error = call(), None
-            except BaseException as exc:
-                result, error = None, exc
-            if loop.is_closed():  # a call that outlived its caller (it timed out, then exited)
-                continue
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop closed in between
-                continue
-
-    def close(self) -> None:
-        self._calls.put(None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():  # the caller gave up (timeout) meanwhile
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
 @dataclass(frozen=True, slots=True)
 class Scored:
     """Scores of a batch, in order; ``failures`` maps positions to why they have none."""
@@ -117,7 +69,7 @@ class Inference:
     def __init__(self, model: LoadedModel, *, threads: int | None = None) -> None:
         self.model = model
         self.threads = threads or default_torch_threads()
-        self._thread = ModelThread(f"streamscore-model-{model.name}")
+        self._thread = DaemonThread(f"streamscore-model-{model.name}")
 
     @classmethod
     def load(cls, path: os.PathLike[str] | str, device: torch.device) -> Inference:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from streams.score_agent import ScoringPipeline
 from streams.settings import Settings
 from streams.state import TableState
 from streams.topics import Cluster, prepare_topics
+from streams.transactions import ExactlyOnce, TransactionalEmitter
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,9 @@ class Runtime:
         self.metrics = metrics or Metrics.create()
         self.flow = Flow(settings.max_in_flight, self.metrics)
         self.cluster: Cluster | None = None
-        self.emitter: Emitter | None = None
+        self.emitter: Emitter | TransactionalEmitter | None = None
+        self.exactly_once: ExactlyOnce | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.ladder: Ladder | None = None
         self.scoring: ScoringPipeline | None = None
         self.features: FeaturePipeline | None = None
@@ -54,6 +58,7 @@ class Runtime:
         history_table: Any,
         event_sink: Sink,
         feature_sink: Sink,
+        on_error: Callable[[BaseException], None],
     ) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
@@ -73,16 +78,33 @@ class Runtime:
             breaker=Breaker(settings.breaker_failures, settings.breaker_cooldown_ms / 1000.0),
         )
 
-        emitter = Emitter(
-            settings.kafka_client_config(),
-            client_id=f"{settings.app_id}-emitter",
-            max_queued=8 * settings.max_in_flight,
-            delivery_timeout_ms=settings.delivery_timeout_ms,
-            retries_before_stall=settings.emit_retries,
-        )
-        emitter.on_stall = lambda reason: self.flow.hold("emit", reason)
-        emitter.on_retry = self.metrics.emit_retries.inc
-        emitter.start(loop)
+        emitter: Emitter | TransactionalEmitter
+        if settings.processing_guarantee == "exactly_once":
+            emitter = TransactionalEmitter(
+                settings.kafka_client_config(), app_id=settings.app_id, on_error=on_error
+            )
+            emitter.start(loop)
+            self.exactly_once = ExactlyOnce(
+                emitter,
+                self.flow,
+                group_id=settings.app_id,
+                interval=settings.commit_interval_ms / 1000.0,
+                drain_timeout=settings.drain_timeout_ms / 1000.0,
+                on_error=on_error,
+            )
+            consumer.exactly_once = self.exactly_once
+            self._tasks.append(loop.create_task(self.exactly_once.run()))
+        else:
+            emitter = Emitter(
+                settings.kafka_client_config(),
+                client_id=f"{settings.app_id}-emitter",
+                max_queued=8 * settings.max_in_flight,
+                delivery_timeout_ms=settings.delivery_timeout_ms,
+                retries_before_stall=settings.emit_retries,
+            )
+            emitter.on_stall = lambda reason: self.flow.hold("emit", reason)
+            emitter.on_retry = self.metrics.emit_retries.inc
+            emitter.start(loop)
         self.emitter = emitter
 
         def fatal(exc: BaseException) -> None:
@@ -117,8 +139,8 @@ class Runtime:
         consumer.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
             10 if self.cluster.embedded else 500
         )
-        if self.cluster.embedded:
-            consumer.probe_end_offsets_via = settings.bootstrap_servers
+        if self.cluster.embedded or self.exactly_once is not None:
+            consumer.measure_ends_with = settings.kafka_client_config()
         consumer.attach(
             self.flow,
             {settings.events_topic: event_sink, settings.features_topic: feature_sink},
@@ -168,6 +190,10 @@ class Runtime:
 
     async def close(self) -> None:
         """After the consumer drained and committed: stop the batcher, flush, free the model."""
+        if self.exactly_once is not None:
+            await self.exactly_once.stop()
+        for task in self._tasks:
+            task.cancel()
         if self.scoring is not None:
             await self.scoring.stop()
         if self.emitter is not None:

@@ -41,6 +41,7 @@ from streams.flow import Flow
 from streams.inference import Inference
 from streams.ladder import Ladder, Outcome, Route
 from streams.metrics import Metrics
+from streams.transactions import TransactionalEmitter
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ScoringPipeline:
         flow: Flow,
         features: FeatureStage,
         ladder: Ladder,
-        emitter: Emitter,
+        emitter: Emitter | TransactionalEmitter,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
         scores_topic: str,
@@ -163,13 +164,13 @@ class ScoringPipeline:
             self._send_dead_letters(chunk.tp, dead, generation)
         if not prepared.keep:
             return
-        state = self._write_state(prepared.changelog)
+        state = self._write_state(chunk.tp, prepared.changelog)
         kept_records = [decoded.records[i] for i in prepared.keep]
         kept_events = [decoded.items[i] for i in prepared.keep]
         part = ScoringPart(chunk.tp, kept_records, kept_events, prepared.raw, state, generation)
         await self.batcher.put(part)
 
-    def _write_state(self, changelog: list[Outgoing]) -> asyncio.Future[None]:
+    def _write_state(self, tp: Hashable, changelog: list[Outgoing]) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not changelog:
             future.set_result(None)
@@ -183,7 +184,7 @@ class ScoringPipeline:
             history.changelog_written(report.offsets)
             future.set_result(None)
 
-        self.emitter.send(changelog, written, track_offsets=True)
+        self.emitter.send(changelog, written, track_offsets=True, source=tp)
         return future
 
     def _send_dead_letters(
@@ -202,7 +203,7 @@ class ScoringPipeline:
             self.dead_letters.delivered(dead)
             self._finish_after(state, tp, offsets, generation)
 
-        self.emitter.send(self.dead_letters.messages(dead), delivered)
+        self.emitter.send(self.dead_letters.messages(dead), delivered, source=tp)
 
     def _finish_after(
         self,
@@ -315,7 +316,7 @@ class ScoringPipeline:
             self.metrics.end_to_end.observe_many(report.acked_at - stamps)
             self._finish_after(part.state, part.tp, offsets, part.generation)
 
-        self.emitter.send(messages, delivered)
+        self.emitter.send(messages, delivered, source=part.tp)
 
     def _emit_failed(
         self,

@@ -120,8 +120,10 @@ class Deployment:
         producer.flush()
         return list(records)
 
-    def reader(self) -> OutputReader:
-        return OutputReader(self.bootstrap, self.topics["scores"], self.topics["dlq"], PARTITIONS)
+    def reader(self, isolation: str = "read_committed") -> OutputReader:
+        return OutputReader(
+            self.bootstrap, self.topics["scores"], self.topics["dlq"], PARTITIONS, isolation
+        )
 
     def history(self) -> dict[str, Aggregate]:
         """The latest online history per entity, read back from the table's changelog."""
