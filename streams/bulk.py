@@ -37,6 +37,7 @@ from faust.types import TP
 
 from streams.flow import Flow
 from streams.recovery import recovery_end_offsets
+from streams.undecodable import read_raw
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
     fetch_max_wait_ms: int = 500
     #: Client config to measure changelog ends with (streams.recovery); None trusts the broker.
     measure_ends_with: dict[str, Any] | None = None
+    #: confluent-kafka settings for reading a record aiokafka cannot decode.
+    client_config: dict[str, Any] | None = None
     #: Exactly-once: offsets of bulk partitions are committed in transactions, not by Faust.
     exactly_once: TransactionHooks | None = None
 
@@ -150,6 +153,13 @@ class BulkConsumer(faust_aiokafka.Consumer):
         flow = self._flow
         if flow is not None:
             limit = max(1, min(limit, flow.max_in_flight - flow.in_flight))
+        try:
+            return await self._fetch_records(active, timeout, limit)
+        except UnicodeDecodeError as exc:
+            return await self._fetch_around_undecodable(active, limit, exc)
+
+    async def _fetch_records(self, active: set[TP], timeout: float, limit: int) -> Any:
+        thread = self._thread
         return await thread.call_thread(
             thread._fetch_records,
             thread._ensure_consumer(),
@@ -157,6 +167,50 @@ class BulkConsumer(faust_aiokafka.Consumer):
             timeout=timeout,
             max_records=limit,
         )
+
+    async def _fetch_around_undecodable(
+        self, active: set[TP], limit: int, exc: UnicodeDecodeError
+    ) -> dict[TP, list[Any]]:
+        """A record aiokafka cannot decode: find it, one record at a time, and pass it on.
+
+        The failed fetch may have moved positions past records it never returned,
+        so the bulk partitions go back to where this worker's reading stands first.
+        """
+        log.warning("a fetched record cannot be decoded (%s): looking for it", exc)
+        thread = self._thread
+        consumer = thread._ensure_consumer()
+        bulk = [tp for tp in active if tp.topic in self._sinks]
+        for tp in bulk:
+            position = self._flow.tracker.next_offset(tp) if self._flow is not None else None
+            if position is None:
+                committed = await thread.call_thread(consumer.committed, tp)
+                position = committed if committed is not None else 0
+            thread.seek(tp, position)
+        fetched: dict[TP, list[Any]] = {}
+        for tp in active:
+            got: list[Any] = []
+            while len(got) < limit:
+                try:
+                    batch = await self._fetch_records({tp}, 0.5, 1)
+                except UnicodeDecodeError as error:
+                    offset = await thread.position(tp)
+                    if offset is None:  # no position: nothing to find here
+                        break
+                    reason = f"the client cannot decode it: {error}"
+                    config = self.client_config or {"bootstrap.servers": self.transport.url}
+                    raw = await asyncio.get_running_loop().run_in_executor(
+                        None, read_raw, config, tp.topic, tp.partition, offset, reason
+                    )
+                    log.error("%s[%d]@%d cannot be decoded: dead-lettered", *tp, offset)
+                    got.append(raw)
+                    thread.seek(tp, offset + 1)
+                    continue
+                if not batch:
+                    break
+                got.extend(batch.get(tp, ()))
+            if got:
+                fetched[tp] = got
+        return fetched
 
     async def _drain_messages(self, fetcher: Any) -> None:
         consumer_should_stop = self._stopped.is_set

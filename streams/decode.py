@@ -27,6 +27,7 @@ from schemas.events import (
     FeatureUpdate,
 )
 from streams.errors import EmptyRecord, KeyMismatch, NotAnObject, RecordTooLarge
+from streams.undecodable import UndecodableRecord
 
 
 class Record(Protocol):
@@ -99,6 +100,9 @@ def _decode(
     dead: list[DeadLetter] = []
     loads = orjson.loads
     for record in records:
+        if type(record) is UndecodableRecord:  # the client library could not decode it
+            dead.append(DeadLetter(record, "decode", "UnicodeDecodeError", record.reason))
+            continue
         value = record.value
         if value is None:
             dead.append(DeadLetter(record, "decode", EmptyRecord.__name__, "record has no value"))

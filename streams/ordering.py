@@ -44,6 +44,11 @@ class OffsetTracker:
     def partitions(self) -> list[Hashable]:
         return list(self._partitions)
 
+    def next_offset(self, tp: Hashable) -> int | None:
+        """One past the last offset registered for ``tp`` (``None``: nothing yet)."""
+        part = self._partitions.get(tp)
+        return None if part is None else part.next_offset
+
     def pending(self, tp: Hashable) -> int:
         part = self._partitions.get(tp)
         return len(part.pending) if part else 0

@@ -139,6 +139,7 @@ class Runtime:
         consumer.fetch_max_wait_ms = settings.fetch_max_wait_ms or (
             10 if self.cluster.embedded else 500
         )
+        consumer.client_config = settings.kafka_client_config()
         if self.cluster.embedded or self.exactly_once is not None:
             consumer.measure_ends_with = settings.kafka_client_config()
         consumer.attach(

@@ -8,7 +8,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.deadletters import DeadLetterSink
 from streams.decode import decode_events, decode_feature_updates
+from streams.metrics import Metrics
 
 EVENT = {
     "event_id": "e-1", "entity_id": "acct-1", "ts": 1.0, "amount": 1.0, "currency": "EUR",
@@ -119,3 +121,29 @@ def test_hostile_input_always_ends_as_an_event_or_a_dead_letter(
     offsets = sorted([r.offset for r in decoded.records] + [d.record.offset for d in decoded.dead])
     assert offsets == list(range(len(records)))
     assert all(d.message and d.error_class for d in decoded.dead)
+
+
+header_lists = st.lists(
+    st.tuples(st.text(max_size=10), st.one_of(st.none(), st.binary(max_size=30))), max_size=4
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(hostile, st.one_of(st.none(), st.binary(max_size=10)), header_lists),
+        max_size=12,
+    )
+)
+def test_dead_letters_of_hostile_records_keep_their_bytes_and_headers(
+    chunk: list[tuple[bytes, bytes | None, list[tuple[str, bytes | None]]]],
+) -> None:
+    records = [Rec(v, key=k, offset=i, headers=h) for i, (v, k, h) in enumerate(chunk)]
+    decoded = decode_events(records)
+    sink = DeadLetterSink("dlq", "app", Metrics.create())
+    for letter, message in zip(decoded.dead, sink.messages(decoded.dead), strict=True):
+        record = letter.record
+        assert (message.key, message.value) == (record.key, record.value)
+        assert message.headers is not None
+        assert message.headers[: len(record.headers)] == record.headers
+        assert dict(message.headers[len(record.headers) :])["dlq.stage"] == letter.stage.encode()
