@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install tools lint test demo clean
+.PHONY: install tools lint test demo bench k8s-render clean
 
 # The virtualenv, rebuilt when the dependencies change. torch is installed first and
 # pinned: `torch==2.13.0` is the CPU build, an unpinned torch pulls GBs of CUDA wheels.
@@ -19,13 +19,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Real third-party tools the integration tests use: kcat (a Kafka client) and
-# promtool (checks the metrics format), from Debian.
+# Real third-party tools the tests use: kcat (a Kafka client), and from Debian's prometheus
+# package promtool (metrics format, rules and config checks) and the Prometheus server (a
+# test scrapes a worker with it).
 tools:
-	@command -v kcat >/dev/null && command -v promtool >/dev/null || { \
+	@command -v kcat >/dev/null && command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    kcat prometheus >/dev/null; }
+
+# deploy/k8s/rendered/*.yaml: the overlays as kustomize renders them (kubectl's built-in
+# kustomize); the tests validate these files and, where kubectl exists, check they are current.
+k8s-render:
+	for overlay in cpu gpu; do \
+	  { echo "# Rendered from deploy/k8s/overlays/$$overlay by \`kubectl kustomize\` (do not edit: \`make k8s-render\`)."; \
+	    kubectl kustomize deploy/k8s/overlays/$$overlay; } > deploy/k8s/rendered/$$overlay.yaml; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,6 +46,20 @@ test: $(STAMP) tools lint
 
 demo: $(STAMP)
 	$(BIN)/streamscore demo
+
+# `make bench`: streamscore against its peers on one embedded broker (docs/benchmarks.md).
+# BENCH_ARGS overrides the run, e.g. BENCH_ARGS='--events 50000 --configs a,b'. Quix Streams
+# gets its own virtualenv inside .venv: its pins conflict with streamscore's.
+BENCH_ARGS ?=
+QUIX_VENV := $(VENV)/quix-peer
+$(VENV)/.bench-installed: $(STAMP) constraints-quix.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet -c constraints-quix.txt quixstreams
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/streamscore bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -41,16 +42,50 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
+class AuthFailures:
+    """A librdkafka ``error_cb`` that keeps authentication failures.
+
+    A rejected SASL login surfaces from a metadata request only as "broker
+    transport failure"; the reason arrives on the error callback, served by
+    the client's ``poll``.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._AUTHENTICATION:
+            self.messages.append(str(error.str()))
+
+    def unreachable(self, client: Any, settings: Settings, exc: KafkaException) -> BrokerError:
+        """The error to raise when ``client`` could not get metadata."""
+        client.poll(0)  # serve the error callbacks queued meanwhile
+        if self.messages:
+            return BrokerError(
+                f"Kafka at {settings.bootstrap_servers} rejected the credentials "
+                f"({self.messages[0]}); check STREAMSCORE_KAFKA_SECURITY_PROTOCOL, "
+                "STREAMSCORE_KAFKA_SASL_MECHANISM, STREAMSCORE_KAFKA_SASL_USERNAME and "
+                "STREAMSCORE_KAFKA_SASL_PASSWORD"
+            )
+        return BrokerError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} ({exc.args[0]}); "
+            "check STREAMSCORE_BROKER and that the cluster is up"
+        )
+
+
 def prepare_topics(settings: Settings, timeout: float = 15.0) -> Cluster:
     """Create the contract's topics where missing; raise if existing ones do not fit."""
-    admin = AdminClient({**settings.kafka_client_config(), "client.id": f"{settings.app_id}-admin"})
+    auth = AuthFailures()
+    config: dict[str, Any] = {
+        **settings.kafka_client_config(),
+        "client.id": f"{settings.app_id}-admin",
+        "error_cb": auth,
+    }
+    admin = AdminClient(config)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} ({exc.args[0]}); "
-            "check STREAMSCORE_BROKER and that the cluster is up"
-        ) from exc
+        raise auth.unreachable(admin, settings, exc) from exc
     existing = {name: len(topic.partitions) for name, topic in metadata.topics.items()}
 
     co_partitioned = [settings.events_topic, settings.features_topic]

@@ -6,6 +6,8 @@ import click
 
 from streams.cli.broker import broker
 from streams.cli.demo import demo
+from streams.cli.dlq import dlq
+from streams.cli.produce import produce
 from streams.cli.train import train
 from streams.cli.worker import worker
 
@@ -21,5 +23,7 @@ main.add_command(worker)
 main.add_command(demo)
 
 main.add_command(train)
+main.add_command(produce)
+main.add_command(dlq)
 
 __all__ = ["main"]
