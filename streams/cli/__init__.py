@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from streams.cli.bench import bench
 from streams.cli.broker import broker
 from streams.cli.demo import demo
 from streams.cli.dlq import dlq
@@ -23,6 +24,7 @@ main.add_command(worker)
 main.add_command(demo)
 
 main.add_command(train)
+main.add_command(bench)
 main.add_command(produce)
 main.add_command(dlq)
 

@@ -1,0 +1,310 @@
+"""One benchmark run: a broker, then each configuration through its phases.
+
+For each configuration, in order: create its topics, publish the profiles
+and the backlog, start its process (only now, so that throughput measures
+draining a backlog), wait until the backlog is committed, then run the
+paced loads (latency) and the burst (memory) against the same process,
+then stop it and drop its topics. A phase is complete when the group has
+committed every input offset; its outputs are then read back and matched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from streams.benchmarks.configs import CONFIGS, CommandProcess, Config, Launch, start
+from streams.benchmarks.exceptions import BenchmarkError, PeerFailed
+from streams.benchmarks.measure import (
+    OutputTally,
+    Percentiles,
+    PhaseOutput,
+    RssMonitor,
+    cpu_seconds,
+    wait_until_committed,
+)
+from streams.benchmarks.preload import (
+    InputStream,
+    Publisher,
+    Record,
+    Topics,
+    Workload,
+    create_topics,
+    delete_topics,
+)
+from streams.embedded import EmbeddedBroker
+from streams.errors import StreamscoreError
+from streams.harness import metric_value
+
+Basis = Literal["first", "own"]
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    workload: Workload
+    configs: tuple[str, ...]
+    latency_loads: tuple[float, ...] = (0.25, 0.5, 0.75)
+    latency_rates: tuple[float, ...] = ()  # events/s; when given, used instead of the loads
+    latency_basis: Basis = "first"
+    latency_seconds: float = 20.0
+    burst: float = 10.0  # seconds of the configuration's peak; 0: no burst
+    stall_timeout: float = 60.0
+    naive_fetch_wait_ms: int = 10
+    quix_python: Path = Path(".venv/quix-peer/bin/python")
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One measured phase of one configuration."""
+
+    config: str
+    kind: Literal["drain", "load", "burst"]
+    offered_rate: float | None  # events/s offered (loads only)
+    records: int  # input records published in the phase
+    scored: int
+    dead: int
+    other: int
+    duplicates: int
+    missing: int
+    rate: float  # outputs/s, first to last output record
+    latency: Percentiles
+    mean_batch: float | None
+    peak_rss: int  # bytes
+    seconds: float  # first to last output
+    startup_s: float | None = None  # drain: process start to first output
+    max_in_flight: float | None = None  # burst: highest streamscore_in_flight sampled
+    bench_cpu: float | None = None  # load: the bench's CPU while offering it, in cores
+    process_cpu: float | None = None  # load: the measured process's CPU meanwhile, in cores
+    note: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+@dataclass(slots=True)
+class Results:
+    options: Options
+    phases: list[Phase] = field(default_factory=list)
+    skipped: list[tuple[str, float, str]] = field(default_factory=list)  # config, rate, why
+    mean_value_bytes: float = 0.0
+
+    def drain(self, config: str) -> Phase | None:
+        return next((p for p in self.phases if p.config == config and p.kind == "drain"), None)
+
+    def losses(self) -> list[Phase]:
+        return [p for p in self.phases if not p.complete]
+
+
+def run(options: Options, workdir: Path, echo: Echo) -> Results:
+    """Run every configuration of ``options``; logs and state go under ``workdir``."""
+    unknown = [key for key in options.configs if key not in CONFIGS]
+    if unknown:
+        raise BenchmarkError(f"unknown configuration(s) {', '.join(unknown)}; known: a, b, c, d")
+    results = Results(options)
+    broker = EmbeddedBroker(log_path=workdir / "broker.log")
+    bootstrap = broker.start()
+    echo(f"embedded broker at {bootstrap}; logs in {workdir}")
+    launch = Launch(bootstrap, options.workload.partitions, workdir,
+                    options.naive_fetch_wait_ms, options.quix_python)  # fmt: skip
+    run_id = uuid.uuid4().hex[:6]
+    try:
+        for key in options.configs:
+            _run_config(CONFIGS[key], Topics(f"bench-{run_id}-{key}"), launch, results, echo)
+    finally:
+        broker.stop()
+    return results
+
+
+def _rates(options: Options, results: Results, own_peak: float) -> list[float]:
+    if options.latency_rates:
+        return list(options.latency_rates)
+    if options.latency_basis == "own":
+        basis = own_peak
+    else:
+        first = results.drain(options.configs[0])
+        basis = first.rate if first is not None else own_peak
+    return [load * basis for load in options.latency_loads]
+
+
+def _run_config(
+    config: Config, topics: Topics, launch: Launch, results: Results, echo: Echo
+) -> None:
+    options = results.options
+    workload = options.workload
+    create_topics(launch.bootstrap, topics, workload.partitions)
+    source = InputStream(workload)
+    publisher = Publisher(launch.bootstrap)
+    if config.reads_features:
+        publisher.publish(topics.features, source.profiles())
+    backlog = source.backlog()
+    results.mean_value_bytes = sum(len(r.value) for r in backlog) / max(1, len(backlog))
+    echo(f"[{config.key}] {config.name}: pre-loading {len(backlog):,} records")
+    sent = publisher.publish(topics.events, ((r.key, r.value) for r in backlog))
+    sent_ms = {r.event_id: ms for r, ms in zip(backlog, sent, strict=True) if r.event_id}
+    malformed = len(backlog) - len(sent_ms)
+    del backlog, sent
+
+    tally = OutputTally(launch.bootstrap, topics.scores, topics.dlq, workload.partitions)
+    started_ms = time.time() * 1000
+    process = start(config, topics, launch)
+    monitor = RssMonitor(process.pid).start()
+    measured = _Measured(config, topics, launch, publisher, tally, process, monitor, options)
+    try:
+        drain = measured.phase("drain", None, sent_ms, malformed)
+        startup = (drain.first_ms - started_ms) / 1000.0 if drain.outputs else None
+        phase = measured.result(drain, "drain", None, len(sent_ms) + malformed, startup=startup)
+        results.phases.append(phase)
+        echo(f"[{config.key}] drained {phase.records:,} records: {phase.rate:,.0f}/s, "
+             f"peak RSS {phase.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
+        if not phase.complete:
+            return  # a configuration that loses events is not measured further
+        for rate in _rates(options, results, phase.rate):
+            if rate > phase.rate:
+                why = f"above its drain peak of {phase.rate:,.0f}/s: it would only build a backlog"
+                results.skipped.append((config.key, rate, why))
+                echo(f"[{config.key}] load {rate:,.0f}/s skipped: {why}")
+                continue
+            records = source.events(max(1, round(rate * options.latency_seconds)))
+            load = measured.paced(records, rate)
+            results.phases.append(load)
+            echo(f"[{config.key}] load {rate:,.0f}/s: p50 {load.latency.p50:,.0f} ms, "
+                 f"p99 {load.latency.p99:,.0f} ms")  # fmt: skip
+            if not load.complete:
+                return
+        if options.burst > 0:
+            records = source.events(max(1, round(options.burst * phase.rate)))
+            burst = measured.burst(records)
+            results.phases.append(burst)
+            echo(f"[{config.key}] burst of {burst.records:,}: peak RSS "
+                 f"{burst.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
+    finally:
+        monitor.stop()
+        process.terminate(timeout=30)
+        tally.close()
+        delete_topics(launch.bootstrap, topics.prefix)
+
+
+@dataclass
+class _Measured:
+    """A running configuration and the means to measure it."""
+
+    config: Config
+    topics: Topics
+    launch: Launch
+    publisher: Publisher
+    tally: OutputTally
+    process: CommandProcess
+    monitor: RssMonitor
+    options: Options
+    _batches: tuple[float, float] = (0.0, 0.0)  # streamscore_batch_size sum, count so far
+    _in_flight: float = 0.0
+
+    def phase(
+        self,
+        kind: str,
+        on_tick: Callable[[], None] | None,
+        sent_ms: dict[str, int],
+        malformed: int,
+    ) -> PhaseOutput:
+        """Wait for the group to commit everything published, then read the outputs."""
+        try:
+            done = wait_until_committed(
+                self.launch.bootstrap, self.topics.group, self.topics.events,
+                self.publisher.ends_of(self.topics.events),
+                alive=lambda: self.process.returncode is None,
+                stall_s=self.options.stall_timeout, on_tick=on_tick,
+            )  # fmt: skip
+        except BenchmarkError as exc:
+            raise PeerFailed(
+                f"configuration {self.config.key} ({self.config.name}): {exc} during the "
+                f"{kind} (exit code {self.process.returncode}); log: {self.process.log_path}"
+            ) from exc
+        # Not complete: read what came out all the same, so the report says what is missing.
+        return self.tally.read(sent_ms, malformed, quiet_s=3.0 if done else 1.0)
+
+    def paced(self, records: Sequence[Record], rate: float) -> Phase:
+        self.monitor.reset()
+        # CPU shares while the load is offered: the load generator shares the machine.
+        wall, bench, used = time.monotonic(), time.process_time(), cpu_seconds(self.process.pid)
+        sent = self.publisher.publish_paced(self.topics.events, records, rate)
+        wall = time.monotonic() - wall
+        cpu = (
+            (time.process_time() - bench) / wall,
+            (cpu_seconds(self.process.pid) - used) / wall,
+        )
+        sent_ms = {str(r.event_id): ms for r, ms in zip(records, sent, strict=True)}
+        out = self.phase("load", None, sent_ms, 0)
+        # From the first input to the last output: at most the offered rate, and short of
+        # it when the configuration did not keep up.
+        achieved = out.outputs / (max(out.last_ms - sent[0], 1) / 1000.0)
+        return self.result(out, "load", rate, len(records), achieved=achieved, cpu=cpu)
+
+    def burst(self, records: Sequence[Record]) -> Phase:
+        """Publish as fast as possible while the process runs; watch memory and in-flight."""
+        self.monitor.reset()
+        self._in_flight = 0.0
+        sent = self.publisher.publish(self.topics.events, ((r.key, r.value) for r in records))
+        sent_ms = {str(r.event_id): ms for r, ms in zip(records, sent, strict=True)}
+        tick = self._sample_in_flight if self.config.batches else None
+        out = self.phase("burst", tick, sent_ms, 0)
+        return self.result(out, "burst", None, len(records), max_in_flight=self._in_flight)
+
+    def _sample_in_flight(self) -> None:
+        with contextlib.suppress(OSError, KeyError, StreamscoreError):  # a missed sample
+            value = metric_value(self.process.metrics(), "streamscore_in_flight")
+            self._in_flight = max(self._in_flight, value)
+
+    def _mean_batch(self) -> float | None:
+        """Mean model batch since the previous phase, from the worker's histogram."""
+        if not self.config.batches:
+            return None
+        try:
+            text = self.process.settled_metrics()
+        except (OSError, StreamscoreError):  # no metrics page: the loss is what gets reported
+            return None
+        total = metric_value(text, "streamscore_batch_size_sum")
+        count = metric_value(text, "streamscore_batch_size_count")
+        before_total, before_count = self._batches
+        self._batches = (total, count)
+        batches = count - before_count
+        return (total - before_total) / batches if batches else None
+
+    def result(
+        self,
+        out: PhaseOutput,
+        kind: Literal["drain", "load", "burst"],
+        rate: float | None,
+        records: int,
+        *,
+        startup: float | None = None,
+        max_in_flight: float | None = None,
+        achieved: float | None = None,
+        cpu: tuple[float, float] | None = None,
+    ) -> Phase:
+        return Phase(
+            config=self.config.key,
+            kind=kind,
+            offered_rate=rate,
+            records=records,
+            scored=out.scored,
+            dead=out.dead,
+            other=out.other,
+            duplicates=out.duplicates,
+            missing=out.missing,
+            rate=out.rate() if achieved is None else achieved,
+            latency=Percentiles.of(out.latencies_ms),
+            mean_batch=self._mean_batch(),
+            peak_rss=self.monitor.peak_bytes(),
+            seconds=max(out.last_ms - out.first_ms, 0) / 1000.0,
+            startup_s=startup,
+            max_in_flight=max_in_flight if self.config.batches else None,
+            bench_cpu=None if cpu is None else cpu[0],
+            process_cpu=None if cpu is None else cpu[1],
+        )

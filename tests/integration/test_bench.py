@@ -1,0 +1,86 @@
+"""``streamscore bench`` end to end on a tiny input: every event accounted for, sane numbers."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from streams.benchmarks import runner
+from streams.benchmarks.configs import CommandProcess, Config, Launch
+from streams.benchmarks.preload import Topics
+from streams.cli import main
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
+
+
+def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--events", "2000", "--keys", "200", "--partitions", "4",
+         "--malformed-share", "0.01", "--configs", "a,b", "--latency-loads", "0.1",
+         "--latency-seconds", "1.5", "--burst", "0.25", "--output", str(tmp_path),
+         "--name", "t"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    report = orjson.loads((tmp_path / "results-t.json").read_bytes())
+    phases = report["phases"]
+    drains = {p["config"]: p for p in phases if p["kind"] == "drain"}
+    assert set(drains) == {"a", "b"}
+    for drain in drains.values():
+        assert drain["records"] == 2000
+        assert drain["missing"] == 0
+        assert drain["scored"] == 1980
+        assert drain["dead"] == 20
+        assert drain["rate"] > 0
+        assert drain["peak_rss"] > 20 * 2**20
+        assert drain["mean_batch"] >= 1
+    assert drains["b"]["mean_batch"] == 1.0
+    assert drains["a"]["mean_batch"] > 1.0
+
+    measured = [p for p in phases if p["kind"] in ("load", "burst")]
+    assert any(p["config"] == "a" and p["kind"] == "load" for p in measured)
+    for phase in measured:
+        assert phase["missing"] == 0, phase
+        assert phase["scored"] == phase["records"]
+        latency = phase["latency"]
+        assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+        assert not math.isnan(phase["rate"])
+        assert phase["rate"] > 0
+
+    text = (tmp_path / "results-t.md").read_text()
+    assert "| (a) streamscore |" in text
+    assert "| (b) streamscore batch=1 |" in text
+    assert "streamscore bench --events 2000" in text  # the command that repeats the run
+    assert text in result.output  # the same table is printed
+
+
+def test_bench_refuses_an_unknown_configuration(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "--configs", "a,z", "--output", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--configs" in result.output
+
+
+def test_bench_fails_when_a_configuration_loses_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that consumes nothing: the run reports the loss and exits 1."""
+
+    def silent(config: Config, topics: Topics, launch: Launch) -> CommandProcess:
+        return CommandProcess(["sleep", "60"], {}, tmp_path / "silent.log").start()
+
+    monkeypatch.setattr(runner, "start", silent)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the kept logs land here
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--events", "300", "--configs", "a", "--latency-loads", "", "--burst", "0",
+         "--timeout", "2", "--output", str(tmp_path), "--name", "lost"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "events lost: (a) drain: 300 of 300" in result.output
+    assert "## Lost events" in (tmp_path / "results-lost.md").read_text()

@@ -1,0 +1,118 @@
+"""The benchmark harness's pure parts: input, output accounting, percentiles, memory, report."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.benchmarks.measure import Percentiles, PhaseOutput, RssMonitor, _event_id
+from streams.benchmarks.preload import InputStream, Workload
+from streams.benchmarks.report import markdown
+from streams.benchmarks.runner import Options, Phase, Results
+
+
+def test_backlog_mixes_the_malformed_share_into_the_events() -> None:
+    workload = Workload(events=1000, keys=50, partitions=4, malformed_share=0.02, seed=5)
+    backlog = InputStream(workload).backlog()
+    assert len(backlog) == 1000
+    assert sum(r.event_id is None for r in backlog) == workload.malformed == 20
+    ids = [r.event_id for r in backlog if r.event_id is not None]
+    assert len(set(ids)) == 980
+    bad = [i for i, r in enumerate(backlog) if r.event_id is None]
+    assert bad[0] < 100
+    assert bad[-1] > 900
+
+
+def test_same_seed_gives_the_same_input_for_every_configuration() -> None:
+    workload = Workload(events=300, keys=20, partitions=2, seed=9)
+    first, second = InputStream(workload), InputStream(workload)
+    assert first.backlog() == second.backlog()
+    assert first.events(50) == second.events(50)  # the paced loads continue identically
+    assert first.profiles() == second.profiles()
+
+
+def test_payload_padding_reaches_the_requested_size_and_stays_valid() -> None:
+    workload = Workload(events=200, keys=20, partitions=2, payload_bytes=512, malformed_share=0)
+    for record in InputStream(workload).backlog():
+        assert len(record.value) == 512
+        event = orjson.loads(record.value)
+        assert event["event_id"] == record.event_id
+        assert record.key == event["entity_id"].encode()
+
+
+def test_event_id_is_read_from_scores_and_passed_through_events() -> None:
+    assert _event_id(b'{"event_id":"e-0000001","entity_id":"acct-1","score":0.5}') == "e-0000001"
+    assert _event_id(b'{"score":0.5,"event_id":"e-2"}') == "e-2"  # not first: parsed
+    assert _event_id(b"not json at all") is None
+    assert _event_id(b"[1, 2]") is None
+    assert _event_id(b'{"event_id": 7}') is None
+
+
+def test_missing_counts_unscored_events_and_unaccounted_malformed_records() -> None:
+    out = PhaseOutput(expected=10, malformed=3, scored=10, dead=3)
+    assert out.missing == 0
+    # Quix passes malformed records through: they come out as "other" outputs.
+    assert PhaseOutput(expected=10, malformed=3, scored=10, other=3).missing == 0
+    assert PhaseOutput(expected=10, malformed=3, scored=8, dead=1).missing == 4
+    # Extra outputs never hide a missing event.
+    assert PhaseOutput(expected=10, malformed=0, scored=9, other=50).missing == 1
+
+
+def test_rate_spans_first_to_last_output() -> None:
+    out = PhaseOutput(expected=1000, malformed=0, scored=1000, first_ms=5_000, last_ms=5_500)
+    assert out.rate() == pytest.approx(2000.0)
+
+
+def test_percentiles_are_ordered_and_nan_when_empty() -> None:
+    values = [float(x) for x in range(1, 1001)]
+    p = Percentiles.of(values)
+    assert p.p50 <= p.p95 <= p.p99 <= p.max == 1000.0
+    assert math.isnan(Percentiles.of([]).p50)
+
+
+def test_rss_monitor_reads_the_kernels_peak_and_resets_it() -> None:
+    monitor = RssMonitor(os.getpid()).start()
+    try:
+        ballast = bytearray(64 * 2**20)
+        ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page
+        assert monitor.peak_bytes() >= 64 * 2**20
+        del ballast
+        monitor.reset()  # the kernel's peak drops to the current resident set
+        assert monitor.peak_bytes() > 0
+    finally:
+        monitor.stop()
+
+
+def _phase(config: str, kind: str, **changes: object) -> Phase:
+    values: dict[str, object] = {
+        "config": config, "kind": kind, "offered_rate": None, "records": 100, "scored": 99,
+        "dead": 1, "other": 0, "duplicates": 0, "missing": 0, "rate": 1234.0,
+        "latency": Percentiles(10, 20, 30, 40), "mean_batch": 12.5,
+        "peak_rss": 300 * 2**20, "seconds": 1.0, "startup_s": 4.0,
+    }  # fmt: skip
+    values.update(changes)
+    return Phase(**values)  # type: ignore[arg-type]  # a test's shortcut
+
+
+def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> None:
+    options = Options(Workload(100, 10, 2), configs=("a", "c"), latency_loads=(0.5,))
+    results = Results(options, mean_value_bytes=150.0)
+    results.phases += [
+        _phase("a", "drain"),
+        _phase("a", "load", offered_rate=617.0),
+        _phase("a", "burst", max_in_flight=4100.0),
+        _phase("c", "drain", mean_batch=None, missing=7, rate=80.0),
+    ]
+    results.skipped.append(("c", 617.0, "above its drain peak"))
+    text = markdown(results, "streamscore bench --events 100", [])
+    assert "| (a) streamscore | **1,234** |" in text
+    assert "| (a) streamscore | 617 |" in text
+    assert "| (c) naive Faust | 617 | not run: above its drain peak |" in text
+    assert "| 4,100 |" in text
+    assert "## Lost events" in text
+    assert "(c) naive Faust, drain: 7 of 100" in text
+    assert "`streamscore bench --events 100`" in text
