@@ -23,4 +23,3 @@ def tool(name: str, package: str) -> str:
 @pytest.fixture(scope="session")
 def promtool() -> str:
     return tool("promtool", "prometheus")
-
