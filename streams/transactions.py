@@ -68,6 +68,11 @@ class TransactionalEmitter:
         metadata_client = Consumer({**self._config, "group.id": app_id})
         self._group_metadata = metadata_client.consumer_group_metadata()
         metadata_client.close()
+        # Sends that arrive while the transactions are being committed wait here, in order:
+        # a producer between commit and begin is not in a transaction.
+        self._committing = False
+        self._deferred: list[tuple[list[Outgoing], Callable[[Delivered], None], bool, Any]] = []
+        self.broken: BaseException | None = None
         self.stalled: str | None = None  # the Emitter interface; errors stop the worker instead
         self.on_stall: Callable[[str | None], None] = lambda reason: None
         self.on_retry: Callable[[int], None] = lambda count: None
@@ -96,13 +101,20 @@ class TransactionalEmitter:
         """Run a blocking librdkafka call on the daemon thread; never abandon it half-way.
 
         The call is shielded: a cancelled caller still waits for it, since a transaction
-        call abandoned in flight would collide with the next one.
+        call abandoned in flight would collide with the next one. After a failure (fenced,
+        fatal) no further transaction call is made: the worker is stopping, and calls on a
+        failed producer only wait out their timeouts.
         """
+        if self.broken is not None:
+            raise EmitError(f"the transactional producers failed earlier: {self.broken}")
         future = self._calls.submit(lambda: call(*args))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             await asyncio.wait([future])
+            raise
+        except Exception as exc:
+            self.broken = exc
             raise
 
     async def assign(self, tps: Iterable[TP]) -> None:
@@ -132,6 +144,9 @@ class TransactionalEmitter:
         track_offsets: bool = False,
         source: Any = None,
     ) -> None:
+        if self._committing:
+            self._deferred.append((list(messages), on_delivered, track_offsets, source))
+            return
         producer = self._producers.get(source)
         if producer is None or self._loop is None:
             raise EmitError(f"no transaction is open for {source!r}")
@@ -150,23 +165,38 @@ class TransactionalEmitter:
             self._loop.call_soon(on_delivered, report)
             return
         attempt = _Attempt(len(messages), done, self._loop, track_offsets, producer)
-        for m in messages:
-            producer.produce(
-                m.topic, value=m.value, key=m.key, headers=m.headers,
-                partition=-1 if m.partition is None else m.partition, on_delivery=attempt.ack,
-            )  # fmt: skip
+        try:
+            for m in messages:
+                producer.produce(
+                    m.topic, value=m.value, key=m.key, headers=m.headers,
+                    partition=-1 if m.partition is None else m.partition, on_delivery=attempt.ack,
+                )  # fmt: skip
+        except KafkaException as exc:  # e.g. fenced: this worker must stop, not go on
+            self.broken = exc
+            self._on_error(EmitError(f"cannot produce in the transaction: {exc}"))
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
-        """Commit every open transaction with its partition's offset, then open the next."""
-        for tp, producer in list(self._producers.items()):
-            offset = offsets.get(tp)
-            if offset is not None:
-                position = [TopicPartition(tp.topic, tp.partition, offset)]
-                await self._blocking(
-                    producer.send_offsets_to_transaction, position, self._group_metadata, 30
-                )
-            await self._blocking(producer.commit_transaction, 30)
-            await self._blocking(producer.begin_transaction)
+        """Commit every open transaction with its partition's offset, then open the next.
+
+        Outputs sent meanwhile (work admitted after the offsets were taken) belong to
+        the next transactions: they are held and sent once those are open.
+        """
+        self._committing = True
+        try:
+            for tp, producer in list(self._producers.items()):
+                offset = offsets.get(tp)
+                if offset is not None:
+                    position = [TopicPartition(tp.topic, tp.partition, offset)]
+                    await self._blocking(
+                        producer.send_offsets_to_transaction, position, self._group_metadata, 30
+                    )
+                await self._blocking(producer.commit_transaction, 30)
+                await self._blocking(producer.begin_transaction)
+        finally:
+            self._committing = False
+            deferred, self._deferred = self._deferred, []
+            for messages, callback, track, source in deferred:
+                self.send(messages, callback, track_offsets=track, source=source)
 
     async def abort(self) -> None:
         """Throw away what the open transactions hold (their work is re-read)."""
@@ -178,8 +208,9 @@ class TransactionalEmitter:
         """Drop the producers; the last transaction was committed by the final drain."""
         try:
             await self.release(list(self._producers))
-        except KafkaException as exc:  # e.g. fenced meanwhile: nothing left to keep
+        except (KafkaException, EmitError) as exc:  # e.g. fenced: nothing left to keep
             log.warning("closing the transactional producers: %s", exc)
+            self._producers.clear()
         self._running = False
         self._calls.close()
         return 0
@@ -253,6 +284,8 @@ class ExactlyOnce:
 
     # -- the consumer's rebalance hooks (streams.bulk.TransactionHooks) --------------------
     async def on_drained(self, drained: bool) -> None:
+        if self.emitter.broken is not None:  # stopping after a failure: nothing to finish
+            return
         async with self._lock:
             try:
                 if drained:
@@ -264,6 +297,8 @@ class ExactlyOnce:
                 self._on_error(exc)
 
     async def on_revoked(self, tps: set[TP]) -> None:
+        if self.emitter.broken is not None:
+            return
         async with self._lock:
             await self.emitter.release(tps)
 
