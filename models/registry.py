@@ -8,11 +8,24 @@ first, then in the registry.
 Versions order like this: versions made only of digits compare as integers
 ("10" > "9") and rank above every other version; other versions compare as
 strings ("2025-06-01" > "2025-05-31"). ``NAME`` alone means its highest version.
+
+:func:`add_artifact` is the only way into the registry: it validates an
+artifact completely (manifest, checksum, safetensors weights, a smoke batch)
+before anything is written, then moves a finished copy into place with one
+``os.rename``, so workers reading the registry never see half an artifact.
+A ``NAME:VERSION`` is immutable once added, and packaged versions cannot be
+shadowed (they are found first anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.artifact import (
@@ -20,11 +33,23 @@ from models.artifact import (
     MANIFEST,
     NAME_PATTERN,
     VERSION_PATTERN,
+    Manifest,
+    load_artifact,
     packaged_artifacts_dir,
+    read_manifest,
 )
 from models.errors import ArtifactError
 
-__all__ = ["list_models", "parse_ref", "resolve", "version_key"]
+__all__ = [
+    "Registered",
+    "add_artifact",
+    "list_models",
+    "parse_ref",
+    "register_artifact",
+    "resolve",
+    "resolve_ref",
+    "version_key",
+]
 
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(VERSION_PATTERN)
@@ -85,6 +110,15 @@ def resolve(ref: str | None, registry_dir: Path | None = None) -> Path:
         if ":" not in ref and ("/" in ref or "\\" in ref or ref.startswith(".")):
             what = "has no manifest.json" if as_path.is_dir() else "does not exist"
             raise ArtifactError(f"model directory {ref} {what}")
+    return resolve_ref(ref, registry_dir)[1]
+
+
+def resolve_ref(ref: str, registry_dir: Path | None = None) -> tuple[str, Path]:
+    """A reference (never a path) as the ``NAME:VERSION`` it means now, and its directory.
+
+    A rollout plan stores the pinned ``NAME:VERSION``, so every worker loads the
+    same version even if a higher one is added later.
+    """
     name, version = parse_ref(ref)
     if version is None:
         found = {v for root in _roots(registry_dir) for v in _versions(root, name)}
@@ -94,10 +128,10 @@ def resolve(ref: str | None, registry_dir: Path | None = None) -> Path:
         for root in _roots(registry_dir):
             candidate = root / name / version
             if (candidate / MANIFEST).is_file():
-                return candidate
+                return f"{name}:{version}", candidate
     available = ", ".join(list_models(registry_dir)) or "none"
     where = "packaged models" + ("" if registry_dir is None else f" or registry {registry_dir}")
-    raise ArtifactError(f"model {ref!r} not found in the {where}; available: {available}")
+    raise ArtifactError(f"model {ref.strip()!r} not found in the {where}; available: {available}")
 
 
 def list_models(registry_dir: Path | None = None) -> list[str]:
@@ -111,3 +145,123 @@ def list_models(registry_dir: Path | None = None) -> list[str]:
                 refs.update((child.name, v) for v in _versions(root, child.name))
     ordered = sorted(refs, key=lambda ref: (ref[0], version_key(ref[1])))
     return [f"{name}:{version}" for name, version in ordered]
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The outcome of :func:`register_artifact`."""
+
+    ref: str  # NAME:VERSION
+    path: Path  # its directory in the registry
+    created: bool  # False: the same content was already there (nothing written)
+
+
+def add_artifact(source_dir: Path, registry_dir: Path) -> str:
+    """Validate the artifact in ``source_dir``, add it to ``registry_dir``; its ``NAME:VERSION``."""
+    return register_artifact(source_dir, registry_dir).ref
+
+
+def register_artifact(source_dir: Path, registry_dir: Path) -> Registered:
+    """Like :func:`add_artifact`, and say whether anything was written.
+
+    Every refusal is an :class:`ArtifactError` with one line, raised before the
+    registry changes: an incomplete or invalid manifest, a checksum mismatch,
+    weights that are not safetensors (pickle is never parsed, so never run), a
+    spec naming features the pipeline does not compute, a smoke batch without
+    finite scores in [0, 1], a packaged ``NAME:VERSION``, or an existing
+    version with other content.
+    """
+    # Imported here: the smoke batch pulls in the synthetic generator, which
+    # resolving a reference (the worker's path) does not need.
+    from models.smoke import check_smoke
+
+    source = Path(source_dir)
+    if not source.is_dir():
+        raise ArtifactError(f"{source} is not a directory holding a model artifact")
+    manifest = read_manifest(source)
+    ref = manifest.ref
+    if (packaged_artifacts_dir() / manifest.name / manifest.version / MANIFEST).is_file():
+        raise ArtifactError(
+            f"{ref} is a packaged model and cannot be replaced; give the artifact another version"
+        )
+    check_smoke(load_artifact(source, "cpu"))
+    registry = Path(registry_dir)
+    target = registry / manifest.name / manifest.version
+    if (target / MANIFEST).is_file():
+        return _existing(ref, target, manifest)
+    registry.mkdir(parents=True, exist_ok=True)
+    new_name_dir = not target.parent.exists()
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=registry))
+    try:
+        _stage(source, staging, manifest)
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Someone else added this version meanwhile: same rule as above.
+            if (target / MANIFEST).is_file():
+                return _existing(ref, target, manifest)
+            raise
+        _fsync_dir(target.parent)
+        return Registered(ref, target, created=True)
+    except BaseException:
+        if new_name_dir:
+            _remove_if_empty(target.parent)
+        raise
+    finally:
+        # Gone after a successful rename; anything left is a failed attempt.
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _existing(ref: str, target: Path, manifest: Manifest) -> Registered:
+    """An add of a version that exists: a no-op if the content is the same, else refused."""
+    try:
+        present = read_manifest(target)
+        same_weights = _sha256(target / present.weights) == manifest.sha256
+    except (ArtifactError, OSError):
+        present, same_weights = None, False
+    if present != manifest or not same_weights:
+        raise ArtifactError(
+            f"{ref} is already in the registry with different content; versions are "
+            "immutable: give the artifact a new version"
+        )
+    return Registered(ref, target, created=False)
+
+
+def _stage(source: Path, staging: Path, manifest: Manifest) -> None:
+    """Copy the manifest and the weights, durably, and check the copy is what was validated."""
+    for name in (MANIFEST, manifest.weights):
+        with (source / name).open("rb") as src, (staging / name).open("xb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        (staging / name).chmod(0o644)
+    # The source could have changed since it was validated: the copy must match the manifest.
+    if read_manifest(staging) != manifest or _sha256(staging / manifest.weights) != manifest.sha256:
+        raise ArtifactError(
+            f"{source} changed while it was being added; nothing was added: try again"
+        )
+    staging.chmod(0o755)  # mkdtemp made it private; workers may run as another user
+    _fsync_dir(staging)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable (a rename is only durable once its parent is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (another version arrived) or already gone
+        path.rmdir()

@@ -8,7 +8,9 @@ from streams.cli.bench import bench
 from streams.cli.broker import broker
 from streams.cli.demo import demo
 from streams.cli.dlq import dlq
+from streams.cli.models import models
 from streams.cli.produce import produce
+from streams.cli.rollout import rollout
 from streams.cli.train import train
 from streams.cli.worker import worker
 
@@ -27,5 +29,7 @@ main.add_command(train)
 main.add_command(bench)
 main.add_command(produce)
 main.add_command(dlq)
+main.add_command(models)
+main.add_command(rollout)
 
 __all__ = ["main"]

@@ -13,6 +13,7 @@ from streams.cli.common import fail
 ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
     "mlp": ("fraud-mlp", (64, 32)),  # the primary model
     "logistic": ("fraud-lr", ()),  # the lighter fallback of the ladder
+    "deep": ("fraud-deep", (256, 128, 64)),  # heavier, for escalation
 }
 
 
@@ -30,7 +31,7 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
     type=click.Choice(sorted(ARCHITECTURES)),
     default="mlp",
     show_default=True,
-    help="mlp: fraud-mlp (primary); logistic: fraud-lr (fallback).",
+    help="mlp: fraud-mlp (primary); logistic: fraud-lr (fallback); deep: fraud-deep (escalation).",
 )
 def train(version: str, seed: int, output: Path | None, architecture: str) -> None:
     """Train deterministically and write a model artifact; print its held-out AUC."""

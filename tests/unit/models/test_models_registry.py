@@ -93,7 +93,8 @@ def test_packaged_artifacts_win_over_the_registry(tmp_path: Path) -> None:
 def test_not_found_lists_what_is_available(tmp_path: Path) -> None:
     registry = _registry(tmp_path, "lite:3")
     with pytest.raises(
-        ArtifactError, match=r"'lite:4' not found.*available: fraud-lr:1, fraud-mlp:1, lite:3"
+        ArtifactError,
+        match=r"'lite:4' not found.*available: fraud-deep:1, fraud-lr:1, fraud-mlp:1, lite:3",
     ):
         resolve("lite:4", registry)
     with pytest.raises(ArtifactError, match="'other' not found"):
@@ -108,10 +109,10 @@ def test_list_models(tmp_path: Path) -> None:
     (registry / "Bad_Name" / "1").mkdir(parents=True)
     (registry / "Bad_Name" / "1" / MANIFEST).write_text("{}")
     assert list_models(registry) == [
-        "alpha:1", "fraud-lr:1", "fraud-mlp:1", "fraud-mlp:2", "fraud-mlp:10"
+        "alpha:1", "fraud-deep:1", "fraud-lr:1", "fraud-mlp:1", "fraud-mlp:2", "fraud-mlp:10"
     ]  # fmt: skip
-    assert list_models(None) == ["fraud-lr:1", "fraud-mlp:1"]
-    assert list_models(tmp_path / "missing") == ["fraud-lr:1", "fraud-mlp:1"]
+    assert list_models(None) == ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1"]
+    assert list_models(tmp_path / "missing") == ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1"]
 
 
 def test_resolved_registry_artifact_loads(small_artifact: Path, tmp_path: Path) -> None:
