@@ -118,7 +118,7 @@ def _sink(channel: Any) -> Sink:
                 await channel.put(chunk)
                 return
             await asyncio.sleep(0.1)
-        raise RuntimeError(f"no agent is consuming chunks of {chunk.tp.topic!r}")
+        raise RuntimeError(f"no agent is consuming chunks of {chunk.parts[0][0].topic!r}")
 
     return put
 

@@ -1,7 +1,8 @@
 """The micro-batcher: gather events from every partition into model batches.
 
 A batch is dispatched when it holds ``max_size`` events, or when its oldest
-event has waited ``max_wait`` seconds, whichever comes first. While every
+event has waited ``max_wait`` seconds (counted from its record timestamp when
+the caller says how old it is), whichever comes first. While every
 runner slot is busy (the model is computing), events keep gathering, so under
 load batches grow toward ``max_size`` on their own (the dynamic batching of
 Triton and Ray Serve). Results are delivered strictly in dispatch order, even
@@ -61,7 +62,8 @@ class Batch(Generic[P]):
 @dataclass(slots=True)
 class _Queued(Generic[P]):
     part: P
-    arrived: float
+    arrived: float  # when it entered the batcher
+    due: float  # when it must be dispatched at the latest
 
 
 class MicroBatcher(Generic[P, R]):
@@ -118,17 +120,23 @@ class MicroBatcher(Generic[P, R]):
         """Batches dispatched whose results are not delivered yet."""
         return self._seq - self._next_delivery
 
-    async def put(self, part: P) -> None:
-        """Queue a part; waits while the queue is at capacity (a full part may exceed it)."""
+    async def put(self, part: P, age: float = 0.0) -> None:
+        """Queue a part; waits while the queue is at capacity (a full part may exceed it).
+
+        ``age``: how long its oldest event has already waited before it got here (since
+        its record timestamp). The bound counts from then, so an event that spent the
+        bound in transit is not kept waiting for company a second time.
+        """
         while self._queued and self._queued + len(part) > self.capacity:
             self._space.clear()
             await self._space.wait()
-        self.put_nowait(part)
+        self.put_nowait(part, age)
 
-    def put_nowait(self, part: P) -> None:
+    def put_nowait(self, part: P, age: float = 0.0) -> None:
         if not len(part):
             return
-        self._queue.append(_Queued(part, self._clock.now()))
+        now = self._clock.now()
+        self._queue.append(_Queued(part, now, now - max(0.0, age) + self.max_wait))
         self._queued += len(part)
         self._idle.clear()
         self._arrival.set()
@@ -193,7 +201,7 @@ class MicroBatcher(Generic[P, R]):
             if not self._queued:
                 await self._arrival.wait()
                 continue
-            deadline = self._queue[0].arrived + self.max_wait
+            deadline = min(queued.due for queued in self._queue)
             if clock.now() >= deadline:
                 return
             await clock.wait(self._arrival, deadline)

@@ -51,10 +51,14 @@ class TransactionHooks(Protocol):
 
 
 class Chunk(NamedTuple):
-    """Records of one partition from one fetch, in offset order."""
+    """One topic's records from one fetch: per partition, in offset order.
 
-    tp: TP
-    records: Sequence[Any]  # aiokafka ConsumerRecord
+    One chunk per fetch (not per partition): decoding, lookups and emission
+    then pay their fixed costs once per fetch, which is what keeps a worker
+    efficient when records trickle in a few per partition at a time.
+    """
+
+    parts: Sequence[tuple[TP, Sequence[Any]]]  # (partition, aiokafka ConsumerRecords)
     epoch: int  # the flow's intake epoch when fetched
 
 
@@ -250,17 +254,23 @@ class BulkConsumer(faust_aiokafka.Consumer):
         flow = self._flow
         epoch = flow.intake_epoch if flow is not None else 0
         inbound = self.app.monitor.stream_inbound_time
+        chunks: dict[str, list[tuple[TP, Sequence[Any]]]] = {}
+        now = monotonic()
         for tp, batch in records.items():
-            if not self.flow_active or self.app.consumer_generation_id != generation:
-                return  # a rebalance began: the rest is re-read from the committed offsets
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 continue
-            sink = self._sinks.get(tp.topic) if flow is not None else None
-            if sink is None:
-                await self._deliver_per_message(tp, batch)
+            if flow is not None and tp.topic in self._sinks:
+                inbound[tp] = now  # keeps Faust's livelock detector informed
+                chunks.setdefault(tp.topic, []).append((tp, batch))
                 continue
-            inbound[tp] = monotonic()  # keeps Faust's livelock detector informed
-            await self.wait_first(sink(Chunk(tp, batch, epoch)), self.suspend_flow.wait())
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # a rebalance began: the rest is re-read from the committed offsets
+            await self._deliver_per_message(tp, batch)
+        for topic, parts in chunks.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return
+            sink = self._sinks[topic]
+            await self.wait_first(sink(Chunk(parts, epoch)), self.suspend_flow.wait())
 
     async def _deliver_per_message(self, tp: TP, batch: list[Any]) -> None:
         """Faust's own per-message delivery (read offsets, gaps, callback)."""

@@ -1,9 +1,9 @@
 """Profile updates to the features table: the work of the features agent.
 
-A chunk of one partition of the features topic is decoded and validated
-(bad updates become dead letters); the latest profile of each entity in the
-chunk is written to the partition's local database in one batch and to the
-table's changelog; the offsets are finished once the changelog has it.
+A fetched chunk of the features topic is decoded and validated (bad updates
+become dead letters); the latest profile of each entity in the chunk is
+written to its partition's local database in one batch per partition and to
+the table's changelog; the offsets are finished once the changelog has it.
 An update replaces the entity's whole profile: a feature it leaves out is
 unknown from then on.
 """
@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 import orjson
+from faust.types import TP
 
 from streams.bulk import Chunk
 from streams.deadletters import DeadLetterSink
@@ -47,28 +48,32 @@ class FeaturePipeline:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self._on_fatal = on_fatal
+        self._per_source = isinstance(emitter, TransactionalEmitter)
 
     async def process(self, chunk: Chunk) -> None:
         flow = self.flow
-        skip = flow.admit(chunk.tp, chunk.epoch, [r.offset for r in chunk.records])
-        if skip is None:
+        records = flow.admit_chunk(chunk.parts, chunk.epoch)
+        if not records:
             return
-        records = chunk.records[skip:] if skip else chunk.records
         generation = flow.generation
         decoded = decode_feature_updates(records)
-        tp = chunk.tp
         if decoded.dead:
-            self._send_dead_letters(chunk, decoded.dead, generation)
+            self._send_dead_letters(decoded.dead, generation)
         if not decoded.items:
             return
-        latest = {
-            update.entity_id.encode(): orjson.dumps(update.features(), option=orjson.OPT_SORT_KEYS)
-            for update in decoded.items  # in offset order: the last update of an entity wins
-        }
-        partition = decoded.records[0].partition
-        changelog = self.profiles.put_many(partition, latest)
-        offsets = [record.offset for record in decoded.records]
-        applied = len(decoded.items)
+        latest: dict[int, dict[bytes, bytes]] = {}
+        for record, update in zip(decoded.records, decoded.items, strict=True):
+            # In offset order: an entity's last update in the chunk wins.
+            latest.setdefault(record.partition, {})[update.entity_id.encode()] = orjson.dumps(
+                update.features(), option=orjson.OPT_SORT_KEYS
+            )
+        changelog = [
+            message
+            for partition, items in latest.items()
+            for message in self.profiles.put_many(partition, items)
+        ]
+        applied = decoded.records
+        source_topic = applied[0].topic
 
         def written(report: Delivered) -> None:
             if report.failures:
@@ -77,19 +82,23 @@ class FeaturePipeline:
                 )
                 return
             self.profiles.changelog_written(report.offsets)
-            self.metrics.feature_updates.inc(applied)
-            flow.finish(tp, offsets, generation)
+            self.metrics.feature_updates.inc(len(applied))
+            flow.finish_records(applied, generation)
 
-        self.emitter.send(changelog, written, track_offsets=True, source=tp)
+        sources = (
+            [TP(source_topic, m.partition or 0) for m in changelog] if self._per_source else None
+        )
+        self.emitter.send(changelog, written, track_offsets=True, source=sources)
 
-    def _send_dead_letters(self, chunk: Chunk, dead: list[DeadLetter], generation: int) -> None:
-        offsets = [letter.record.offset for letter in dead]
+    def _send_dead_letters(self, dead: list[DeadLetter], generation: int) -> None:
+        records = [letter.record for letter in dead]
 
         def delivered(report: Delivered) -> None:
             if report.failures:
                 self._on_fatal(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
                 return
             self.dead_letters.delivered(dead, events=False)
-            self.flow.finish(chunk.tp, offsets, generation)
+            self.flow.finish_records(records, generation)
 
-        self.emitter.send(self.dead_letters.messages(dead), delivered, source=chunk.tp)
+        sources = [TP(r.topic, r.partition) for r in records] if self._per_source else None
+        self.emitter.send(self.dead_letters.messages(dead), delivered, source=sources)

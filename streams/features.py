@@ -1,8 +1,8 @@
 """Stages 2 and 3: look up each event's entity in the tables, and update its history.
 
-Per chunk of one partition: one multi-get for the profiles and one for the
-histories of the chunk's distinct entities (the tables are co-partitioned
-with events, so they are in this partition's local database), then
+Per chunk, for each partition in it: one multi-get for the profiles and one
+for the histories of its distinct entities (the tables are co-partitioned
+with events, so they are in that partition's local database), then
 :func:`models.featurize.roll` gives each event the history *before* it, in
 offset order, and the changed histories are written back in one batch and
 sent to the changelog. An entity never seen is scored with imputed features.
@@ -56,35 +56,45 @@ class FeatureStage:
         self.profiles = profiles
         self.history = history
 
-    def prepare(
-        self, partition: int, records: Sequence[Record], events: Sequence[EventRecord]
-    ) -> Prepared:
+    def prepare(self, records: Sequence[Record], events: Sequence[EventRecord]) -> Prepared:
+        """Model input for a chunk of events (of any partitions, each in offset order)."""
         entities = [event["entity_id"] for event in events]
-        distinct = list(dict.fromkeys(entities))
-        keys = [entity.encode() for entity in distinct]
-        try:
-            stored_profiles = self.profiles.get_many(partition, keys)
-            stored_history = self.history.get_many(partition, keys)
-        except Exception as exc:  # the state store itself failed: every event here is affected
-            log.exception("reading state of partition %d failed", partition)
-            return Prepared([], _NO_FEATURES, [], dict.fromkeys(range(len(events)), exc))
+        partition_of: dict[str, int] = {}
+        for record, entity in zip(records, entities, strict=True):
+            partition_of[entity] = record.partition  # an entity lives in one partition
+        by_partition: dict[int, list[str]] = {}
+        for entity, partition in partition_of.items():
+            by_partition.setdefault(partition, []).append(entity)
 
         profile_of: dict[str, dict[str, float] | None] = {}
         start: dict[str, Aggregate | None] = {}
         broken: dict[str, Exception] = {}
-        for entity, profile, history in zip(distinct, stored_profiles, stored_history, strict=True):
+        for partition, distinct in by_partition.items():
+            keys = [entity.encode() for entity in distinct]
             try:
-                profile_of[entity] = None if profile is None else orjson.loads(profile)
-                start[entity] = None if history is None else Aggregate.unpack(history)
-            except Exception as exc:
-                broken[entity] = exc
+                stored_profiles = self.profiles.get_many(partition, keys)
+                stored_history = self.history.get_many(partition, keys)
+            except Exception as exc:  # the state store failed: every event here is affected
+                log.exception("reading state of partition %d failed", partition)
+                broken.update(dict.fromkeys(distinct, exc))
+                continue
+            for entity, profile, history in zip(
+                distinct, stored_profiles, stored_history, strict=True
+            ):
+                try:
+                    profile_of[entity] = None if profile is None else orjson.loads(profile)
+                    start[entity] = None if history is None else Aggregate.unpack(history)
+                except Exception as exc:
+                    broken[entity] = exc
 
         keep = list(range(len(events)))
         failed: dict[int, Exception] = {}
         if broken:
             keep = [i for i in keep if entities[i] not in broken]
             failed = {i: broken[entities[i]] for i in range(len(events)) if entities[i] in broken}
-            log.error("unreadable state for %d entities in partition %d", len(broken), partition)
+            log.error("unreadable state for %d entities", len(broken))
+            if not keep:
+                return Prepared([], _NO_FEATURES, [], failed)
 
         kept_events = [events[i] for i in keep] if broken else events
         kept_entities = [entities[i] for i in keep] if broken else entities
@@ -101,7 +111,12 @@ class FeatureStage:
             [profile_of[entity] for entity in kept_entities],
             rolled,
         )
-        changelog = self.history.put_many(
-            partition, {entity.encode(): agg.pack() for entity, agg in rolled.final.items()}
-        )
+        writes: dict[int, dict[bytes, bytes]] = {}
+        for entity, agg in rolled.final.items():
+            writes.setdefault(partition_of[entity], {})[entity.encode()] = agg.pack()
+        changelog = [
+            message
+            for partition, items in writes.items()
+            for message in self.history.put_many(partition, items)
+        ]
         return Prepared(keep, raw, changelog, failed)

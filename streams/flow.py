@@ -20,6 +20,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+from faust.types import TP
 
 from streams.metrics import Metrics
 from streams.ordering import OffsetTracker
@@ -53,6 +56,33 @@ class Flow:
         skip = self.tracker.register(tp, offsets)
         self._changed()
         return skip
+
+    def admit_chunk(self, parts: Sequence[tuple[Hashable, Sequence[Any]]], epoch: int) -> list[Any]:
+        """Register every partition of a fetched chunk; return its new records, in order.
+
+        Empty if the chunk is stale (fetched before a drain); records at or below what a
+        partition already registered (re-reads after a seek) are left out.
+        """
+        if epoch != self.intake_epoch:
+            return []
+        fresh: list[Any] = []
+        register = self.tracker.register
+        for tp, records in parts:
+            skip = register(tp, [r.offset for r in records])
+            fresh.extend(records[skip:] if skip else records)
+        self._changed()
+        return fresh
+
+    def finish_records(self, records: Iterable[Any], generation: int) -> None:
+        """Finish the offsets of these records (any partitions); see :meth:`finish`."""
+        if generation != self.generation:
+            return
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        for record in records:
+            by_partition.setdefault((record.topic, record.partition), []).append(record.offset)
+        for (topic, partition), offsets in by_partition.items():
+            self.tracker.finish(TP(topic, partition), offsets)
+        self._changed()
 
     def finish(self, tp: Hashable, offsets: Iterable[int], generation: int) -> None:
         """Outputs of these offsets are durable (results of an abandoned generation are not)."""

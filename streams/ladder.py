@@ -115,6 +115,17 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)  # model time by model name
     deadline_missed: int = 0
 
+    def take(self, rows: Sequence[int]) -> Outcome:
+        """These rows only, renumbered from 0 (the model time and counts stay whole)."""
+        index = {row: i for i, row in enumerate(rows)}
+        return Outcome(
+            self.scores[list(rows)],
+            self.route[list(rows)],
+            {index[r]: e for r, e in self.failures.items() if r in index},
+            self.seconds,
+            self.deadline_missed,
+        )
+
 
 class Ladder:
     """Scores batches down the ladder; owns the breaker."""

@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
 import orjson
+from faust.types import TP
 from prometheus_client import Counter
 
 from models.featurize import RawFeatures
@@ -51,9 +52,8 @@ DEFAULT_MODEL, DEFAULT_VERSION = "default", "1"
 
 @dataclass(frozen=True, slots=True)
 class ScoringPart:
-    """Consecutive valid events of one partition, with their model input."""
+    """Valid events of one chunk (each partition's in offset order), with their model input."""
 
-    tp: Hashable
     records: list[Record]
     events: list[EventRecord]
     raw: RawFeatures
@@ -66,11 +66,10 @@ class ScoringPart:
     def split(self, n: int) -> tuple[Self, Self]:
         cls = type(self)
         head = cls(
-            self.tp, self.records[:n], self.events[:n], self.raw.take(0, n), self.state,
-            self.generation,
-        )  # fmt: skip
+            self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation
+        )
         tail = cls(
-            self.tp, self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
+            self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
             self.generation,
         )  # fmt: skip
         return head, tail
@@ -131,6 +130,8 @@ class ScoringPipeline:
             producer(None, "default"),
         )
         self._producers_by_name = {p.name: p for p in self._producers[:2]}
+        # The transactional emitter routes each message by its source partition.
+        self._per_source = isinstance(emitter, TransactionalEmitter)
 
     def start(self) -> None:
         self.batcher.start()
@@ -142,35 +143,35 @@ class ScoringPipeline:
     async def process(self, chunk: Chunk) -> None:
         """Take one fetched chunk of the events topic through to the batcher."""
         flow = self.flow
-        records: Sequence[Record] = chunk.records
-        skip = flow.admit(chunk.tp, chunk.epoch, [r.offset for r in records])
-        if skip is None:
-            return  # fetched before a drain: it will be read again
-        if skip:
-            records = records[skip:]
+        records = flow.admit_chunk(chunk.parts, chunk.epoch)
+        if not records:
+            return  # nothing new, or fetched before a drain: it will be read again
         generation = flow.generation
         decoded = decode_events(records)
         if decoded.dead:
-            self._send_dead_letters(chunk.tp, decoded.dead, generation)
+            self._send_dead_letters(decoded.dead, generation)
         if not decoded.items:
             return
-        partition = decoded.records[0].partition
-        prepared = self.features.prepare(partition, decoded.records, decoded.items)
+        prepared = self.features.prepare(decoded.records, decoded.items)
         if prepared.failed:
             dead = [
                 DeadLetter(decoded.records[i], "features", type(exc).__name__, str(exc))
                 for i, exc in sorted(prepared.failed.items())
             ]
-            self._send_dead_letters(chunk.tp, dead, generation)
+            self._send_dead_letters(dead, generation)
         if not prepared.keep:
             return
-        state = self._write_state(chunk.tp, prepared.changelog)
-        kept_records = [decoded.records[i] for i in prepared.keep]
-        kept_events = [decoded.items[i] for i in prepared.keep]
-        part = ScoringPart(chunk.tp, kept_records, kept_events, prepared.raw, state, generation)
-        await self.batcher.put(part)
+        state = self._write_state(prepared.changelog, decoded.records[0].topic)
+        if len(prepared.keep) == len(decoded.records):
+            kept_records, kept_events = decoded.records, decoded.items
+        else:
+            kept_records = [decoded.records[i] for i in prepared.keep]
+            kept_events = [decoded.items[i] for i in prepared.keep]
+        oldest = min(record.timestamp or 0 for record in kept_records) / 1000.0
+        part = ScoringPart(kept_records, kept_events, prepared.raw, state, generation)
+        await self.batcher.put(part, age=time.time() - oldest if oldest else 0.0)
 
-    def _write_state(self, tp: Hashable, changelog: list[Outgoing]) -> asyncio.Future[None]:
+    def _write_state(self, changelog: list[Outgoing], source_topic: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not changelog:
             future.set_result(None)
@@ -184,39 +185,41 @@ class ScoringPipeline:
             history.changelog_written(report.offsets)
             future.set_result(None)
 
-        self.emitter.send(changelog, written, track_offsets=True, source=tp)
+        # A state change's source is the event partition of the same number (co-partitioned).
+        sources = (
+            [TP(source_topic, m.partition or 0) for m in changelog] if self._per_source else None
+        )
+        self.emitter.send(changelog, written, track_offsets=True, source=sources)
         return future
 
     def _send_dead_letters(
         self,
-        tp: Hashable,
         dead: list[DeadLetter],
         generation: int,
-        state: asyncio.Future[None] | None = None,
+        states: Sequence[asyncio.Future[None]] = (),
     ) -> None:
-        offsets = [letter.record.offset for letter in dead]
+        records = [letter.record for letter in dead]
 
         def delivered(report: Delivered) -> None:
             if report.failures:
                 self._fail(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
                 return
             self.dead_letters.delivered(dead)
-            self._finish_after(state, tp, offsets, generation)
+            self._finish_after(states, records, generation)
 
-        self.emitter.send(self.dead_letters.messages(dead), delivered, source=tp)
+        sources = _record_sources(records) if self._per_source else None
+        self.emitter.send(self.dead_letters.messages(dead), delivered, source=sources)
 
     def _finish_after(
-        self,
-        state: asyncio.Future[None] | None,
-        tp: Hashable,
-        offsets: list[int],
-        generation: int,
+        self, states: Sequence[asyncio.Future[None]], records: list[Record], generation: int
     ) -> None:
-        """Finish offsets once their chunk's history writes are durable too."""
-        if state is None or state.done():
-            self.flow.finish(tp, offsets, generation)
-        else:
-            state.add_done_callback(lambda _: self.flow.finish(tp, offsets, generation))
+        """Finish offsets once their chunks' history writes are durable too."""
+        pending = [state for state in states if not state.done()]
+        if not pending:
+            self.flow.finish_records(records, generation)
+            return
+        gathered = asyncio.gather(*pending)
+        gathered.add_done_callback(lambda _: self.flow.finish_records(records, generation))
 
     # -- the model -------------------------------------------------------------------------
     async def _run(self, batch: Batch[ScoringPart]) -> Outcome:
@@ -245,15 +248,24 @@ class ScoringPipeline:
             self._producers_by_name[name].compute.inc(seconds)
         if result.deadline_missed:
             metrics.deadline_missed.inc(result.deadline_missed)
-        scored_ts = time.time()
-        start = 0
-        for part in batch.parts:
-            stop = start + len(part)
-            if part.generation == self.flow.generation:  # else abandoned: re-read later
-                self._emit_part(part, result, start, scored_ts)
-            start = stop
+        generation = self.flow.generation
+        parts = [part for part in batch.parts if part.generation == generation]
+        if len(parts) != len(batch.parts):  # abandoned parts are re-read later, never emitted
+            if not parts:
+                return
+            keep = {id(part) for part in parts}
+            rows = [
+                row
+                for part, start in _starts(batch.parts)
+                if id(part) in keep
+                for row in range(start, start + len(part))
+            ]
+            result = result.take(rows)
+        self._emit(parts, result, generation, time.time())
 
-    def _emit_part(self, part: ScoringPart, outcome: Outcome, start: int, scored_ts: float) -> None:
+    def _emit(
+        self, parts: list[ScoringPart], outcome: Outcome, generation: int, scored_ts: float
+    ) -> None:
         dead: list[DeadLetter] = []
         messages: list[Outgoing] = []
         sources: list[Record] = []
@@ -262,40 +274,44 @@ class ScoringPipeline:
         producers = self._producers
         topic = self.scores_topic
         dumps = orjson.dumps
-        stop = start + len(part)
-        routes = outcome.route[start:stop].tolist()
-        scores = outcome.scores[start:stop].tolist()
-        for i, (record, event) in enumerate(zip(part.records, part.events, strict=True)):
-            route = routes[i]
-            if route == Route.FAILED:
-                failure = outcome.failures.get(start + i) or InferenceError("no score")
-                dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
-                continue
-            producer = producers[route]
-            value = dumps(
-                {
-                    "event_id": event["event_id"],
-                    "entity_id": event["entity_id"],
-                    "score": scores[i],
-                    "model": producer.name,
-                    "model_version": producer.version,
-                    "degraded": producer.degraded,
-                    "route": producer.route,
-                    "event_ts": event["ts"],
-                    "scored_ts": scored_ts,
-                    "source": {
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    },
-                }
-            )
-            messages.append(Outgoing(topic, record.key, value))
-            sources.append(record)
-            timestamps.append(record.timestamp or 0)
-            counts[route] += 1
+        routes = outcome.route.tolist()
+        scores = outcome.scores.tolist()
+        row = 0
+        for part in parts:
+            for record, event in zip(part.records, part.events, strict=True):
+                route = routes[row]
+                if route == Route.FAILED:
+                    failure = outcome.failures.get(row) or InferenceError("no score")
+                    dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
+                    row += 1
+                    continue
+                producer = producers[route]
+                value = dumps(
+                    {
+                        "event_id": event["event_id"],
+                        "entity_id": event["entity_id"],
+                        "score": scores[row],
+                        "model": producer.name,
+                        "model_version": producer.version,
+                        "degraded": producer.degraded,
+                        "route": producer.route,
+                        "event_ts": event["ts"],
+                        "scored_ts": scored_ts,
+                        "source": {
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        },
+                    }
+                )
+                messages.append(Outgoing(topic, record.key, value))
+                sources.append(record)
+                timestamps.append(record.timestamp or 0)
+                counts[route] += 1
+                row += 1
+        states = list({id(part.state): part.state for part in parts}.values())
         if dead:
-            self._send_dead_letters(part.tp, dead, part.generation, part.state)
+            self._send_dead_letters(dead, generation, states)
         if not messages:
             return
         stamps = np.asarray(timestamps, dtype=np.float64) / 1000.0
@@ -303,8 +319,7 @@ class ScoringPipeline:
         def delivered(report: Delivered) -> None:
             ok = sources
             if report.failures:  # the broker will never take these: their events are dead letters
-                ok = self._emit_failed(part, messages, sources, report)
-            offsets = [record.offset for record in ok]
+                ok = self._emit_failed(messages, sources, report, generation, states)
             events = self.metrics.events
             events.labels("scored").inc(counts[Route.PRIMARY])
             degraded = counts[Route.FALLBACK] + counts[Route.DEFAULT]
@@ -314,16 +329,18 @@ class ScoringPipeline:
                 if count:
                     producers[route].scores.inc(count)
             self.metrics.end_to_end.observe_many(report.acked_at - stamps)
-            self._finish_after(part.state, part.tp, offsets, part.generation)
+            self._finish_after(states, ok, generation)
 
-        self.emitter.send(messages, delivered, source=part.tp)
+        routing = _record_sources(sources) if self._per_source else None
+        self.emitter.send(messages, delivered, source=routing)
 
     def _emit_failed(
         self,
-        part: ScoringPart,
         messages: list[Outgoing],
         sources: list[Record],
         report: Delivered,
+        generation: int,
+        states: Sequence[asyncio.Future[None]],
     ) -> list[Record]:
         """Dead-letter the events whose scores the broker refused for good; return the rest."""
         refused = {message.value: error for message, error in report.failures}
@@ -336,7 +353,7 @@ class ScoringPipeline:
                 reason = f"the score could not be produced: {error.str()}"
                 dead.append(DeadLetter(record, "emit", error.name(), reason))
         log.error("%d scores refused by the broker: dead-lettered", len(dead))
-        self._send_dead_letters(part.tp, dead, part.generation, part.state)
+        self._send_dead_letters(dead, generation, states)
         return ok
 
     def _fail(self, exc: BaseException) -> None:
@@ -354,3 +371,16 @@ class _Producer:
     degraded: bool
     scores: Counter
     compute: Counter
+
+
+def _starts(parts: Sequence[ScoringPart]) -> list[tuple[ScoringPart, int]]:
+    """Each part with the row its events start at in the batch."""
+    out, start = [], 0
+    for part in parts:
+        out.append((part, start))
+        start += len(part)
+    return out
+
+
+def _record_sources(records: Sequence[Record]) -> list[TP]:
+    return [TP(record.topic, record.partition) for record in records]

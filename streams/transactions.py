@@ -144,36 +144,51 @@ class TransactionalEmitter:
         track_offsets: bool = False,
         source: Any = None,
     ) -> None:
+        """Send in the transaction of ``source``: a partition, or one per message."""
         if self._committing:
             self._deferred.append((list(messages), on_delivered, track_offsets, source))
             return
-        producer = self._producers.get(source)
-        if producer is None or self._loop is None:
-            raise EmitError(f"no transaction is open for {source!r}")
+        if self._loop is None:
+            raise EmitError("the transactional emitter is not started")
+        if not isinstance(source, list):
+            source = [source] * len(messages)
+        groups: dict[Any, list[Outgoing]] = {}
+        for message, tp in zip(messages, source, strict=True):
+            groups.setdefault(tp, []).append(message)
         report = Delivered()
+        remaining = [len(groups)]
+        if not groups:
+            report.acked_at = time.time()
+            self._loop.call_soon(on_delivered, report)
+            return
 
         def done(attempt: _Attempt) -> None:
             if attempt.failed:  # inside a transaction nothing can be retried safely
                 self._on_error(EmitError(f"a transactional send failed: {attempt.failed[0][1]}"))
                 return
-            report.offsets = attempt.offsets
-            report.acked_at = time.time()
-            on_delivered(report)
+            for key, offset in attempt.offsets.items():
+                report.offsets[key] = max(offset, report.offsets.get(key, -1))
+            remaining[0] -= 1
+            if not remaining[0]:
+                report.acked_at = time.time()
+                on_delivered(report)
 
-        if not messages:
-            report.acked_at = time.time()
-            self._loop.call_soon(on_delivered, report)
-            return
-        attempt = _Attempt(len(messages), done, self._loop, track_offsets, producer)
-        try:
-            for m in messages:
-                producer.produce(
-                    m.topic, value=m.value, key=m.key, headers=m.headers,
-                    partition=-1 if m.partition is None else m.partition, on_delivery=attempt.ack,
-                )  # fmt: skip
-        except KafkaException as exc:  # e.g. fenced: this worker must stop, not go on
-            self.broken = exc
-            self._on_error(EmitError(f"cannot produce in the transaction: {exc}"))
+        for tp, group in groups.items():
+            producer = self._producers.get(tp)
+            if producer is None:
+                raise EmitError(f"no transaction is open for {tp!r}")
+            attempt = _Attempt(len(group), done, self._loop, track_offsets, producer)
+            try:
+                for m in group:
+                    producer.produce(
+                        m.topic, value=m.value, key=m.key, headers=m.headers,
+                        partition=-1 if m.partition is None else m.partition,
+                        on_delivery=attempt.ack,
+                    )  # fmt: skip
+            except KafkaException as exc:  # e.g. fenced: this worker must stop, not go on
+                self.broken = exc
+                self._on_error(EmitError(f"cannot produce in the transaction: {exc}"))
+                return
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
         """Commit every open transaction with its partition's offset, then open the next.

@@ -195,3 +195,18 @@ def test_rejects_inconsistent_limits() -> None:
 
     with pytest.raises(ValueError, match="capacity"):
         MicroBatcher(run, lambda b, r: None, max_size=10, max_wait=0.01, capacity=5)
+
+
+async def test_an_event_that_aged_in_transit_is_not_held_again() -> None:
+    h = Harness(max_size=100, max_wait=0.010)
+    h.batcher.put_nowait(Items([1]), age=0.004)  # already 4 ms old: due in 6 ms
+    await settle(lambda: h.clock.waiting == 1)
+    h.clock.advance(0.005)
+    await settle()
+    assert h.delivered == []
+    h.clock.advance(0.001)
+    await settle(lambda: len(h.delivered) == 1)
+    h.batcher.put_nowait(Items([2]), age=1.0)  # older than the bound: goes at once
+    await settle(lambda: len(h.delivered) == 2)
+    assert h.delivered[1][0].waited == 0.0  # the metric still counts time in the batcher
+    await h.batcher.stop()

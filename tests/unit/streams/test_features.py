@@ -22,8 +22,10 @@ class FakeTable:
         self.changelog_topic = topic
         self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         self.fail = False
+        self.reads: list[int] = []
 
     def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        self.reads.append(partition)
         if self.fail:
             raise OSError("disk on fire")
         return [self.data[partition].get(key) for key in keys]
@@ -36,6 +38,8 @@ class FakeTable:
 @dataclass
 class Rec:
     offset: int
+    partition: int = 0
+    topic: str = "events"
 
 
 def ev(entity: str, amount: float, ts: float) -> dict[str, object]:
@@ -52,7 +56,7 @@ def test_profiles_and_history_feed_the_features_and_history_is_written_back() ->
     features, profiles, history = stage()
     profiles.data[2][b"a"] = orjson.dumps({"account_age_days": 99.0, "chargeback_rate": 0.2})
     events = [ev("a", 10.0, 100.0), ev("b", 5.0, 101.0), ev("a", 30.0, 160.0)]
-    prepared = features.prepare(2, [Rec(10), Rec(11), Rec(12)], events)  # type: ignore[arg-type]
+    prepared = features.prepare([Rec(10, 2), Rec(11, 2), Rec(12, 2)], events)  # type: ignore[arg-type]
     assert prepared.keep == [0, 1, 2]
     assert prepared.failed == {}
     numeric = prepared.raw.numeric
@@ -69,7 +73,7 @@ def test_profiles_and_history_feed_the_features_and_history_is_written_back() ->
     assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(2, 20.0, 160.0, 12)
 
     # The next chunk continues from the stored history; a replayed event counts once.
-    again = features.prepare(2, [Rec(12), Rec(13)], [ev("a", 30.0, 160.0), ev("a", 5.0, 170.0)])  # type: ignore[arg-type]
+    again = features.prepare([Rec(12, 2), Rec(13, 2)], [ev("a", 30.0, 160.0), ev("a", 5.0, 170.0)])  # type: ignore[arg-type]
     assert math.isnan(again.raw.numeric[0, COL["seconds_since_last_log"]])
     assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(3, 15.0, 170.0, 13)
 
@@ -78,7 +82,7 @@ def test_unreadable_state_dead_letters_only_that_entitys_events() -> None:
     features, profiles, _ = stage()
     profiles.data[0][b"bad"] = b"\x00not json"
     events = [ev("ok", 1.0, 1.0), ev("bad", 1.0, 2.0), ev("ok", 1.0, 3.0)]
-    prepared = features.prepare(0, [Rec(0), Rec(1), Rec(2)], events)  # type: ignore[arg-type]
+    prepared = features.prepare([Rec(0), Rec(1), Rec(2)], events)  # type: ignore[arg-type]
     assert prepared.keep == [0, 2]
     assert list(prepared.failed) == [1]
     assert len(prepared.raw) == 2
@@ -87,7 +91,18 @@ def test_unreadable_state_dead_letters_only_that_entitys_events() -> None:
 def test_a_failing_store_fails_the_whole_chunk_with_the_reason() -> None:
     features, profiles, _ = stage()
     profiles.fail = True
-    prepared = features.prepare(0, [Rec(0), Rec(1)], [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0)])  # type: ignore[arg-type]
+    prepared = features.prepare([Rec(0), Rec(1)], [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0)])  # type: ignore[arg-type]
     assert prepared.keep == []
     assert len(prepared.raw) == 0
     assert {i: str(e) for i, e in prepared.failed.items()} == {0: "disk on fire", 1: "disk on fire"}
+
+
+def test_a_chunk_of_several_partitions_reads_each_partition_once() -> None:
+    features, profiles, history = stage()
+    profiles.data[1][b"a"] = orjson.dumps({"chargeback_rate": 0.5})
+    events = [ev("a", 1.0, 1.0), ev("b", 2.0, 2.0), ev("a", 3.0, 3.0)]
+    prepared = features.prepare([Rec(5, 1), Rec(9, 3), Rec(6, 1)], events)  # type: ignore[arg-type]
+    assert sorted(profiles.reads) == [1, 3]
+    assert math.isclose(prepared.raw.numeric[2, COL["chargeback_rate"]], 0.5, rel_tol=1e-6)
+    assert {(m.key, m.partition) for m in prepared.changelog} == {(b"a", 1), (b"b", 3)}
+    assert Aggregate.unpack(history.data[1][b"a"]).count == 2
