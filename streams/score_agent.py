@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
-import orjson
 from faust.types import TP
 from prometheus_client import Counter
 
 from models.featurize import RawFeatures
 from schemas.events import EventRecord
+from schemas.scores import ScoreEncoder
 from streams.batcher import Batch, MicroBatcher
 from streams.bulk import Chunk
 from streams.deadletters import DeadLetterSink
@@ -115,12 +115,14 @@ class ScoringPipeline:
                     DEFAULT_MODEL, DEFAULT_VERSION, route, True,
                     metrics.scores.labels(DEFAULT_MODEL, DEFAULT_VERSION, route),
                     metrics.model_compute.labels(DEFAULT_MODEL, DEFAULT_VERSION, "none"),
+                    ScoreEncoder(DEFAULT_MODEL, DEFAULT_VERSION, True, route),
                 )  # fmt: skip
             model = inference.model
             return _Producer(
                 model.name, model.version, route, route != "primary",
                 metrics.scores.labels(model.name, model.version, route),
                 metrics.model_compute.labels(model.name, model.version, str(model.device)),
+                ScoreEncoder(model.name, model.version, route != "primary", route),
             )  # fmt: skip
 
         fallback = ladder.fallback
@@ -273,7 +275,7 @@ class ScoringPipeline:
         counts = [0, 0, 0]  # per Route: primary, fallback, default
         producers = self._producers
         topic = self.scores_topic
-        dumps = orjson.dumps
+        encoders = [producer.encoder.encode for producer in producers]
         routes = outcome.route.tolist()
         scores = outcome.scores.tolist()
         row = 0
@@ -285,25 +287,10 @@ class ScoringPipeline:
                     dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
                     row += 1
                     continue
-                producer = producers[route]
-                value = dumps(
-                    {
-                        "event_id": event["event_id"],
-                        "entity_id": event["entity_id"],
-                        "score": scores[row],
-                        "model": producer.name,
-                        "model_version": producer.version,
-                        "degraded": producer.degraded,
-                        "route": producer.route,
-                        "event_ts": event["ts"],
-                        "scored_ts": scored_ts,
-                        "source": {
-                            "topic": record.topic,
-                            "partition": record.partition,
-                            "offset": record.offset,
-                        },
-                    }
-                )
+                value = encoders[route](
+                    event["event_id"], event["entity_id"], scores[row], event["ts"],
+                    scored_ts, record.topic, record.partition, record.offset,
+                )  # fmt: skip
                 messages.append(Outgoing(topic, record.key, value))
                 sources.append(record)
                 timestamps.append(record.timestamp or 0)
@@ -371,6 +358,7 @@ class _Producer:
     degraded: bool
     scores: Counter
     compute: Counter
+    encoder: ScoreEncoder
 
 
 def _starts(parts: Sequence[ScoringPart]) -> list[tuple[ScoringPart, int]]:
