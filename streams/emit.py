@@ -7,14 +7,18 @@ chunk's dead letters): when every message of a group is acknowledged, the
 group's callback runs on the event loop, and only then are the source
 offsets finished, so nothing is committed before its output is durable.
 
-When the broker does not acknowledge a message (it is down, or slower than
-``STREAMSCORE_DELIVERY_TIMEOUT_MS``), the emitter sends it again with
-backoff, and meanwhile holds every newer group back in order, so a retry
-never lets a later score overtake an earlier one. The ``on_stall`` callback
-tells the worker to stop intake (and, past ``STREAMSCORE_EMIT_RETRIES``, to
-fail readiness); retrying goes on until the broker answers, because giving
-up would lose the output. Errors that no retry can fix (a message too large
-for the broker) are reported to the group's callback as ``failures``.
+The producer never gives a message up on a timeout (librdkafka's own
+delivery timeout is off): an idempotent producer that keeps retrying writes a
+partition's messages in order, while one that expires a message lets the
+next ones overtake it. A watchdog on the loop measures how long the oldest
+unacknowledged group has waited instead: past ``STREAMSCORE_DELIVERY_TIMEOUT_MS``
+the ``on_stall`` callback tells the worker to stop intake, and after
+``STREAMSCORE_EMIT_RETRIES`` further timeouts to fail readiness; it clears
+when the broker answers. A message the producer does fail with an error
+worth retrying (a fenced or fatal producer, which is replaced) is sent again
+with backoff while every newer group is held back in order. Errors that no
+retry can fix (a message too large for the broker) are reported to the
+group's callback as ``failures``.
 """
 
 from __future__ import annotations
@@ -143,12 +147,16 @@ class _Group:
 
     callback: Callable[[Delivered], None]
     track_offsets: bool
+    size: int
+    sent_at: float  # monotonic, when the caller handed it over
     report: Delivered = field(default_factory=Delivered)
     attempts: int = 0
+    failed_attempts: int = 0
+    timeouts: int = 0  # delivery timeouts it has waited through so far
 
 
 class Emitter:
-    """An idempotent producer with grouped, loop-side delivery callbacks and retries."""
+    """An idempotent producer with grouped, loop-side delivery callbacks and a stall watchdog."""
 
     def __init__(
         self,
@@ -167,7 +175,7 @@ class Emitter:
             "linger.ms": 1,
             "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
             "queue.buffering.max.messages": max(100_000, max_queued),
-            "delivery.timeout.ms": delivery_timeout_ms,
+            "delivery.timeout.ms": 0,  # never expire: expiring one message reorders the rest
             "error_cb": _log_client_error,
         }
 
@@ -181,21 +189,27 @@ class Emitter:
         self._producer: ProducerLike = self._create()
         self._retiring: list[ProducerLike] = []  # replaced producers, polled until drained
         self._renew = False
+        self.delivery_timeout = delivery_timeout_ms / 1000
         self.retries_before_stall = retries_before_stall
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._thread: threading.Thread | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._unacked: dict[int, _Group] = {}  # by id, oldest first
         self._retrying: set[int] = set()  # ids of groups waiting to be sent again
         self._held: deque[tuple[list[Outgoing], _Group]] = deque()  # newer sends, in order
+        self._last_error: KafkaError | None = None
+        self._holding = False  # whether on_stall was last told to stop intake
         self.stalled: str | None = None  # why outputs are not getting through, if they are not
         self.on_stall: Callable[[str | None], None] = lambda reason: None
-        self.on_retry: Callable[[int], None] = lambda count: None  # messages sent again
+        self.on_retry: Callable[[int], None] = lambda count: None  # outputs overdue or resent
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._running = True
         self._thread = threading.Thread(target=self._poll, name="streamscore-emit", daemon=True)
         self._thread.start()
+        self._watch()
 
     def _poll(self) -> None:
         while self._running:
@@ -205,6 +219,14 @@ class Emitter:
                     old.poll(0)
                     if not len(old):
                         self._retiring.remove(old)
+
+    def _watch(self) -> None:
+        """Re-check the oldest output's wait a few times per delivery timeout (at most 1 s)."""
+        assert self._loop is not None
+        self._check()
+        if self._running:
+            interval = min(1.0, self.delivery_timeout / 5)
+            self._watchdog = self._loop.call_later(interval, self._watch)
 
     @property
     def retrying(self) -> bool:
@@ -224,11 +246,12 @@ class Emitter:
         """
         if self._loop is None:
             raise EmitError("the emitter is not started")
-        group = _Group(on_delivered, track_offsets)
+        group = _Group(on_delivered, track_offsets, len(messages), time.monotonic())
         if not messages:
             group.report.acked_at = time.time()
             self._loop.call_soon(on_delivered, group.report)
             return
+        self._unacked[id(group)] = group
         if self._retrying:  # keep order: nothing overtakes a message being retried
             self._held.append((list(messages), group))
             return
@@ -280,47 +303,82 @@ class Emitter:
             else:
                 retry.append(message)
         if not retry:
+            self._unacked.pop(id(group), None)
             if id(group) in self._retrying:
                 self._retrying.discard(id(group))
-                self._maybe_release()
+                self._release()
             report.acked_at = time.time()
             group.callback(report)
+            self._check()
             return
         self._retrying.add(id(group))
-        error = attempt.failed[0][1]
-        if group.attempts > self.retries_before_stall:
-            self._stall(f"cannot deliver to the broker after {group.attempts} attempts: {error}")
-        else:
-            self.on_stall(f"retrying delivery: {error}")
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (group.attempts - 1))
+        group.failed_attempts += 1
+        self._last_error = attempt.failed[0][1]
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (group.failed_attempts - 1))
         log.warning(
             "%d of %d messages not acknowledged (%s); sending again in %.1fs",
-            len(retry), attempt.size, error, delay,
+            len(retry), attempt.size, self._last_error, delay,
         )  # fmt: skip
         assert self._loop is not None
         self.on_retry(len(retry))
         self._loop.call_later(delay, self._produce, retry, group)
+        self._check()
 
-    def _stall(self, reason: str) -> None:
-        if self.stalled is None:
-            log.error("%s; intake stays stopped until it gets through", reason)
-        self.stalled = reason
-        self.on_stall(reason)
-
-    def _maybe_release(self) -> None:
-        if self._retrying:
-            return
-        if self.stalled is not None:
-            log.warning("deliveries get through again")
-        self.stalled = None
-        self.on_stall(None)
+    def _release(self) -> None:
+        """Send the groups held behind a retry, in order, once no retry is pending."""
         while self._held and not self._retrying:
             messages, group = self._held.popleft()
             self._produce(messages, group)
 
+    def _check(self) -> None:
+        """Stop intake while outputs are overdue or resent; fail readiness past the budget."""
+        now = time.monotonic()
+        overdue = 0.0
+        for group in self._unacked.values():  # oldest first: stop at the first one in time
+            waited = now - group.sent_at
+            timeouts = int(waited // self.delivery_timeout)
+            if timeouts == 0:
+                break
+            overdue = max(overdue, waited)
+            if timeouts > group.timeouts:
+                self.on_retry(group.size * (timeouts - group.timeouts))
+                group.timeouts = timeouts
+        resent = max(
+            (self._unacked[i].failed_attempts for i in self._retrying if i in self._unacked),
+            default=0,
+        )
+        timeouts = int(overdue // self.delivery_timeout)
+        if resent > self.retries_before_stall:
+            stall = f"cannot deliver to the broker after {resent} attempts: {self._last_error}"
+        elif timeouts > self.retries_before_stall:
+            stall = f"no acknowledgement from the broker for {overdue:.1f}s"
+        else:
+            stall = None
+        if stall is not None:
+            if self.stalled is None:
+                log.error("%s; intake stays stopped until it gets through", stall)
+                self.stalled = stall
+                self.on_stall(stall)
+            self._holding = True
+            return
+        if resent or timeouts:
+            if not self._holding or self.stalled is not None:
+                self.stalled = None
+                why = self._last_error if resent else f"no acknowledgement for {overdue:.1f}s"
+                self.on_stall(f"retrying delivery: {why}")
+            self._holding = True
+            return
+        if self._holding:
+            log.warning("deliveries get through again")
+            self._holding = False
+            self.stalled = None
+            self.on_stall(None)
+
     async def close(self, timeout: float = 30.0) -> int:
         """Flush what is queued and stop; return how many messages could not be delivered."""
         self._running = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         loop = asyncio.get_running_loop()
         if self._thread is not None:
             await loop.run_in_executor(None, self._thread.join)

@@ -173,7 +173,8 @@ class Metrics:
             ),
             emit_retries=Counter(
                 "streamscore_emit_retries",
-                "Outputs sent again after the broker did not acknowledge them.",
+                "Outputs unacknowledged a delivery timeout after they were sent (once per"
+                " timeout), or sent again after a producer error.",
                 registry=registry,
             ),
         )  # fmt: skip

@@ -103,13 +103,13 @@ class Settings(BaseSettings):
         30_000,
         ge=1_000,
         le=3_600_000,
-        description="how long the producer retries one message before reporting it failed",
+        description="how long an output may wait for its acknowledgement before intake stops",
     )
     emit_retries: int = Field(
         5,
         ge=0,
         le=1_000,
-        description="re-sends of a failed output before readiness fails (it keeps retrying)",
+        description="more delivery timeouts or re-sends before readiness fails (retrying goes on)",
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",

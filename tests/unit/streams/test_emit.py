@@ -82,11 +82,13 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(emit, "BACKOFF_FIRST", 0.01)
 
 
-def emitter(retries_before_stall: int = 5) -> tuple[Emitter, FakeProducer, list[str | None]]:
+def emitter(
+    retries_before_stall: int = 5, delivery_timeout_ms: int = 30_000
+) -> tuple[Emitter, FakeProducer, list[str | None]]:
     producer = FakeProducer()
     built = Emitter(
         {}, client_id="t", max_queued=10, retries_before_stall=retries_before_stall,
-        producer_factory=lambda: producer,
+        delivery_timeout_ms=delivery_timeout_ms, producer_factory=lambda: producer,
     )  # fmt: skip
     stalls: list[str | None] = []
     built.on_stall = stalls.append
@@ -150,6 +152,28 @@ async def test_past_the_retry_budget_the_emitter_says_it_is_stalled_and_keeps_tr
     await until(lambda: reports)
     assert em.stalled is None
     assert stalls[-1] is None
+    await em.close()
+
+
+async def test_an_overdue_output_stops_intake_then_readiness_and_is_never_expired() -> None:
+    # The producer keeps the message (it is never timed out and sent out of order);
+    # the watchdog only reports how long it has waited.
+    em, producer, stalls = emitter(retries_before_stall=2, delivery_timeout_ms=40)
+    retried: list[int] = []
+    em.on_retry = retried.append
+    reports: list[Delivered] = []
+    em.send(messages(b"a", b"b"), reports.append)
+    await until(lambda: bool(stalls) and stalls[-1] is not None)
+    assert "retrying delivery: no acknowledgement" in str(stalls[-1])
+    assert em.stalled is None  # intake stops first; readiness holds a while longer
+    await until(lambda: em.stalled is not None)
+    assert "no acknowledgement from the broker" in em.stalled
+    assert sum(retried) >= 2 * 3  # both messages, through three delivery timeouts
+    em.send(messages(b"c"), reports.append)
+    assert producer.produced == [b"a", b"b", b"c"]  # sent once each, in order
+    producer.acknowledge()
+    await until(lambda: len(reports) == 2 and stalls[-1] is None)
+    assert em.stalled is None
     await em.close()
 
 
