@@ -147,6 +147,16 @@ class Output:
     def scored_ids(self) -> set[str]:
         return {value["event_id"] for _, value in self.scores}
 
+    def first_scores_in_order(self) -> bool:
+        """Per key, first scores follow their events' offsets (the contract's ordering)."""
+        firsts: dict[bytes | None, list[int]] = {}
+        seen: set[str] = set()
+        for message, value in self.scores:
+            if value["event_id"] not in seen:
+                seen.add(value["event_id"])
+                firsts.setdefault(message.key(), []).append(value["source"]["offset"])
+        return all(offsets == sorted(offsets) for offsets in firsts.values())
+
 
 class OutputReader:
     """Reads the scores and DLQ topics from the beginning with a confluent-kafka consumer."""

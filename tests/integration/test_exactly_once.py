@@ -79,13 +79,7 @@ def test_committed_transactions_are_never_repeated_and_nothing_is_lost(
     for (partition, offset), count in copies.items():
         if offset < at_kill[partition]:  # inside a committed transaction: exactly once
             assert count == 1, (partition, offset)
-    firsts: dict[bytes, list[int]] = defaultdict(list)
-    seen: set[str] = set()
-    for message, value in out.scores:
-        if value["event_id"] not in seen:
-            seen.add(value["event_id"])
-            firsts[message.key()].append(value["source"]["offset"])
-    assert all(offsets == sorted(offsets) for offsets in firsts.values())
+    assert out.first_scores_in_order()
     assert_history_counts(deployment, expected_counts(valid))  # recovered from the changelog
     assert second.terminate() == 0
     ends: dict[int, int] = defaultdict(int)
