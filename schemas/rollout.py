@@ -12,11 +12,12 @@ optional field does not make older workers drop the whole plan.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["PLAN_KEY", "Canary", "ModelRef", "PlanError", "RolloutPlan"]
+__all__ = ["PLAN_KEY", "Canary", "ModelRef", "PlanError", "RolloutPlan", "RoutingRule"]
 
 #: Record key of the plan on the control topic (compacted: the last value wins).
 PLAN_KEY = b"plan"
@@ -70,6 +71,34 @@ class RolloutPlan(BaseModel):
             return cls.model_validate_json(bytes(data))
         except ValidationError as exc:
             raise PlanError(f"not a rollout plan: {_describe(exc)}") from exc
+
+
+class RoutingRule(BaseModel):
+    """Events matching every condition given go to ``model`` (``STREAMSCORE_ROUTING_RULES``).
+
+    An operator's setting, not a wire record: unknown fields are refused, so a
+    misspelt condition fails at start instead of matching everything.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    model: ModelRef
+    channels: frozenset[Literal["web", "pos", "app"]] | None = None
+    countries: frozenset[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] | None = None
+    currencies: frozenset[Annotated[str, Field(pattern=r"^[A-Z]{3}$")]] | None = None
+    min_amount: Annotated[float, Field(ge=0.0)] | None = None
+    max_amount: Annotated[float, Field(ge=0.0)] | None = None
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether a validated event meets every condition of the rule."""
+        amount = event["amount"]
+        return (
+            (self.channels is None or event["channel"] in self.channels)
+            and (self.countries is None or event["country"] in self.countries)
+            and (self.currencies is None or event["currency"] in self.currencies)
+            and (self.min_amount is None or amount >= self.min_amount)
+            and (self.max_amount is None or amount < self.max_amount)
+        )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -41,12 +41,30 @@ log = logging.getLogger(__name__)
 
 
 class Route(enum.IntEnum):
-    """Which rung produced a score (values index :attr:`Outcome.route`)."""
+    """Which path produced a score: the codes of :attr:`Outcome.route`.
+
+    Codes from ``RULES`` on are the routing rules' models, in rule order.
+    """
 
     PRIMARY = 0
     FALLBACK = 1
     DEFAULT = 2
     FAILED = 3
+    CANARY = 4
+    ESCALATED = 5
+    RULES = 6
+
+
+#: The contract's ``route`` of each code below ``Route.RULES`` (a rule's model is a primary).
+ROUTE_NAMES = ("primary", "fallback", "default", "failed", "canary", "escalated")
+
+#: The model key of :attr:`Outcome.seconds`: name, version, device.
+ModelKey = tuple[str, str, str]
+
+
+def model_key(inference: Inference) -> ModelKey:
+    model = inference.model
+    return (model.name, model.version, str(model.device))
 
 
 class BreakerState(enum.Enum):
@@ -110,10 +128,13 @@ class Outcome:
     """One batch, row by row: the score, which rung produced it, or why there is none."""
 
     scores: npt.NDArray[np.float64]  # float64, so a configured default score stays exact
-    route: npt.NDArray[np.int8]  # Route per row
+    route: npt.NDArray[np.int8]  # Route code per row
     failures: dict[int, Exception] = field(default_factory=dict)  # rows to dead-letter
-    seconds: dict[str, float] = field(default_factory=dict)  # model time by model name
+    seconds: dict[ModelKey, float] = field(default_factory=dict)  # model time by model
     deadline_missed: int = 0
+    #: The model behind each route code of this batch (None: the default score, or none).
+    models: list[Inference | None] = field(default_factory=list)
+    escalation_failures: int = 0  # escalated events that kept their first score
 
     def take(self, rows: Sequence[int]) -> Outcome:
         """These rows only, renumbered from 0 (the model time and counts stay whole)."""
@@ -124,6 +145,8 @@ class Outcome:
             {index[r]: e for r, e in self.failures.items() if r in index},
             self.seconds,
             self.deadline_missed,
+            self.models,
+            self.escalation_failures,
         )
 
 
@@ -150,7 +173,11 @@ class Ladder:
     async def score(self, raw: RawFeatures, record_times: npt.NDArray[np.float64]) -> Outcome:
         """``record_times``: each event's record timestamp, epoch seconds (for the deadline)."""
         n = len(raw)
-        outcome = Outcome(np.full(n, np.nan, dtype=np.float64), np.full(n, Route.FAILED, np.int8))
+        outcome = Outcome(
+            np.full(n, np.nan, dtype=np.float64),
+            np.full(n, Route.FAILED, np.int8),
+            models=[self.primary, self.fallback, None, None],
+        )
         rows = list(range(n))
         late: list[int] = []
         if self.deadline is not None and n:
@@ -171,7 +198,7 @@ class Ladder:
 
     async def _primary(self, raw: RawFeatures, rows: list[int], outcome: Outcome) -> list[int]:
         """Score ``rows`` with the primary; return the rows the next rung must take."""
-        scored = await self._call(self.primary, raw, rows, outcome)
+        scored = await self.call(self.primary, raw, rows, outcome)
         if scored is None:  # timed out, or failed outside its own retries
             self.breaker.failure()
             return rows
@@ -183,7 +210,7 @@ class Ladder:
             # as poison; if the model is down, the breaker opens after a few of these.
         else:
             self.breaker.success()
-        self._take(outcome, rows, scored, Route.PRIMARY)
+        self.take(outcome, rows, scored, Route.PRIMARY)
         for position, exc in scored.failures.items():  # isolated: the input is at fault
             outcome.failures[rows[position]] = exc
         return []
@@ -191,9 +218,9 @@ class Ladder:
     async def _fallback(self, raw: RawFeatures, rows: list[int], outcome: Outcome) -> None:
         rest = rows
         if self.fallback is not None:
-            scored = await self._call(self.fallback, raw, rows, outcome)
+            scored = await self.call(self.fallback, raw, rows, outcome)
             if scored is not None:
-                self._take(outcome, rows, scored, Route.FALLBACK)
+                self.take(outcome, rows, scored, Route.FALLBACK)
                 rest = [rows[p] for p in sorted(scored.failures)]
         if not rest:
             return
@@ -206,9 +233,10 @@ class Ladder:
             for row in rest:
                 outcome.failures.setdefault(row, InferenceError("no model could score this event"))
 
-    async def _call(
+    async def call(
         self, inference: Inference, raw: RawFeatures, rows: list[int], outcome: Outcome
     ) -> Scored | None:
+        """``inference`` on ``rows`` of ``raw`` within the model timeout; None if it failed."""
         subset = raw if len(rows) == len(raw) else raw.select(rows)
         started = time.perf_counter()
         try:
@@ -221,13 +249,14 @@ class Ladder:
         except Exception as exc:  # a failure outside the isolating retry: treat as systemic
             log.error("model %s failed: %r", inference.model.name, exc)
             scored = None
-        name = inference.model.name
+        key = model_key(inference)
         spent = scored.seconds if scored is not None else time.perf_counter() - started
-        outcome.seconds[name] = outcome.seconds.get(name, 0.0) + spent
+        outcome.seconds[key] = outcome.seconds.get(key, 0.0) + spent
         return scored
 
     @staticmethod
-    def _take(outcome: Outcome, rows: Sequence[int], scored: Scored, route: Route) -> None:
+    def take(outcome: Outcome, rows: Sequence[int], scored: Scored, route: int) -> None:
+        """Write ``scored`` (scores of ``rows``, in order) into ``outcome`` where it succeeded."""
         ok = [p for p in range(len(rows)) if p not in scored.failures]
         if len(ok) == len(rows):
             index: npt.NDArray[np.intp] | list[int] = np.asarray(rows, dtype=np.intp)

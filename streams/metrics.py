@@ -32,6 +32,10 @@ MODEL_BUCKETS: tuple[float, ...] = (
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
     1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192,
 )  # fmt: skip
+#: |primary - shadow| of one event's scores.
+DIFF_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+ROLLBACK_REASONS = ("error_rate", "latency", "score_distribution")
+SHED_REASONS = ("overload", "failed")
 OUTCOMES = ("scored", "degraded", "dlq")
 
 
@@ -99,6 +103,12 @@ class Metrics:
     deadline_missed: Counter
     breaker_open: Gauge
     emit_retries: Counter
+    shadow_abs_diff: BulkHistogram
+    shadow_shed: Counter
+    rollbacks: Counter
+    plans_applied: Counter
+    plans_rejected: Counter
+    escalation_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -177,9 +187,41 @@ class Metrics:
                 " timeout), or sent again after a producer error.",
                 registry=registry,
             ),
+            shadow_abs_diff=BulkHistogram(
+                "streamscore_shadow_abs_diff", "|primary score - shadow score| per event.",
+                DIFF_BUCKETS, registry,
+            ),
+            shadow_shed=Counter(
+                "streamscore_shadow_shed",
+                "Events the shadow model did not score: shed under load, or it failed.",
+                ["reason"], registry=registry,
+            ),
+            rollbacks=Counter(
+                "streamscore_rollbacks",
+                "Automatic canary rollbacks written to the control topic, by breached threshold.",
+                ["reason"], registry=registry,
+            ),
+            plans_applied=Counter(
+                "streamscore_plans_applied", "Rollout plans this worker switched to.",
+                registry=registry,
+            ),
+            plans_rejected=Counter(
+                "streamscore_plans_rejected",
+                "Rollout plans this worker could not apply (it kept its current plan).",
+                registry=registry,
+            ),
+            escalation_failures=Counter(
+                "streamscore_escalation_failures",
+                "Escalated events the heavier model could not score (they keep the first score).",
+                registry=registry,
+            ),
         )  # fmt: skip
         for outcome in OUTCOMES:  # every series exists from the start, at 0
             metrics.events.labels(outcome)
         for stage in STAGES:
             metrics.dlq.labels(stage)
+        for reason in ROLLBACK_REASONS:
+            metrics.rollbacks.labels(reason)
+        for reason in SHED_REASONS:
+            metrics.shadow_shed.labels(reason)
         return metrics

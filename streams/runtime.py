@@ -13,18 +13,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from models.registry import resolve
+from schemas.rollout import PlanError, RolloutPlan
 from streams.bulk import BulkConsumer, Sink
+from streams.control import ensure_control_topic, read_plan
 from streams.deadletters import DeadLetterSink
 from streams.emit import Emitter
+from streams.errors import BrokerError
 from streams.feature_agent import FeaturePipeline
 from streams.features import FeatureStage
 from streams.flow import Flow
-from streams.inference import Inference, resolve_device
-from streams.ladder import Breaker, BreakerState, Ladder
+from streams.inference import resolve_device
+from streams.ladder import BreakerState, Ladder
 from streams.metrics import Metrics
+from streams.plans import Models, PlanFollower
+from streams.router import Deployment
 from streams.score_agent import ScoringPipeline
 from streams.settings import Settings
 from streams.state import TableState
@@ -63,7 +65,7 @@ class Runtime:
         self.emitter: Emitter | TransactionalEmitter | None = None
         self.exactly_once: ExactlyOnce | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.ladder: Ladder | None = None
+        self.plans: PlanFollower | None = None
         self.scoring: ScoringPipeline | None = None
         self.features: FeaturePipeline | None = None
         self.failure: BaseException | None = None
@@ -83,19 +85,13 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self.cluster = await loop.run_in_executor(None, prepare_topics, settings)
 
+        await loop.run_in_executor(None, ensure_control_topic, settings)
+        plan, plan_error = await loop.run_in_executor(None, _read_plan, settings)
         device = resolve_device(settings.device)
-        primary = await self._load(settings.model, device)
-        fallback = None
-        if settings.fallback_model is not None:
-            fallback = await self._load(settings.fallback_model, device)
-        self.ladder = Ladder(
-            primary,
-            fallback,
-            default_score=settings.default_score,
-            timeout=settings.model_timeout_ms / 1000.0,
-            deadline=settings.deadline_ms / 1000.0 if settings.deadline_ms else None,
-            breaker=Breaker(settings.breaker_failures, settings.breaker_cooldown_ms / 1000.0),
+        self.plans = PlanFollower(
+            settings, self.metrics, Models(settings, device, self.metrics), self._install
         )
+        deployment = await self.plans.start(plan, plan_error)
 
         emitter: Emitter | TransactionalEmitter
         if settings.processing_guarantee == "exactly_once":
@@ -136,11 +132,13 @@ class Runtime:
         self.scoring = ScoringPipeline(
             flow=self.flow,
             features=FeatureStage(profiles, TableState(history_table)),
-            ladder=self.ladder,
+            deployment=deployment,
             emitter=emitter,
             dead_letters=dead_letters,
             metrics=self.metrics,
             scores_topic=settings.scores_topic,
+            shadow_topic=settings.shadow_topic,
+            shadow_max_pending=settings.shadow_max_pending,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0,
             on_fatal=fatal,
@@ -153,6 +151,7 @@ class Runtime:
             metrics=self.metrics,
             on_fatal=fatal,
         )
+        self.scoring.after_batch = self.plans.check_canary
         self.scoring.start()
         settle_heap()
         consumer.drain_timeout = settings.drain_timeout_ms / 1000.0
@@ -166,21 +165,20 @@ class Runtime:
             self.flow,
             {settings.events_topic: event_sink, settings.features_topic: feature_sink},
         )
+        self.plans.follow()
         self.started = True
 
-    async def _load(self, reference: str | None, device: torch.device) -> Inference:
-        """Load and warm a model before it takes traffic."""
-        settings = self.settings
-        path = resolve(reference, settings.registry_dir)
-        loop = asyncio.get_running_loop()
-        inference = await loop.run_in_executor(None, Inference.load, path, device)
-        if settings.torch_threads:
-            inference.threads = settings.torch_threads
-        await inference.warm_up((1, settings.max_batch_size))
-        model = inference.model
-        self.metrics.model_info.labels(model.name, model.version, str(device)).set(1)
-        log.info("model %s:%s loaded from %s on %s", model.name, model.version, path, device)
-        return inference
+    def _install(self, deployment: Deployment) -> None:
+        """Swap the models in: the next batch is scored with them."""
+        if self.scoring is not None:
+            self.scoring.deployment = deployment
+
+    @property
+    def ladder(self) -> Ladder | None:
+        """The primary's ladder (and breaker) now in use."""
+        if self.plans is None or self.plans.current is None:
+            return None
+        return self.plans.current.ladder
 
     def problems(self, *, tables_ready: bool) -> list[str]:
         """Why the worker is not ready (empty when it is)."""
@@ -219,7 +217,16 @@ class Runtime:
             await self.scoring.stop()
         if self.emitter is not None:
             await self.emitter.close()
-        if self.ladder is not None:
-            self.ladder.primary.close()
-            if self.ladder.fallback is not None:
-                self.ladder.fallback.close()
+        if self.plans is not None:
+            self.plans.close()
+
+
+def _read_plan(settings: Settings) -> tuple[RolloutPlan | None, str | None]:
+    """The plan on the control topic at start, or why it could not be read."""
+    try:
+        return read_plan(settings), None
+    except PlanError as exc:
+        return None, str(exc)
+    except BrokerError as exc:
+        log.warning("could not read the rollout plan at start (%s); following it from now", exc)
+        return None, None

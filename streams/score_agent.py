@@ -28,6 +28,7 @@ import numpy as np
 from faust.types import TP
 from prometheus_client import Counter
 
+from models.artifact import LoadedModel
 from models.featurize import RawFeatures
 from schemas.events import EventRecord
 from schemas.scores import ScoreEncoder
@@ -40,8 +41,9 @@ from streams.errors import EmitError, InferenceError
 from streams.features import FeatureStage
 from streams.flow import Flow
 from streams.inference import Inference
-from streams.ladder import Ladder, Outcome, Route
+from streams.ladder import ROUTE_NAMES, Outcome, Route
 from streams.metrics import Metrics
+from streams.router import Deployment, route_batch
 from streams.transactions import TransactionalEmitter
 
 log = logging.getLogger(__name__)
@@ -83,24 +85,31 @@ class ScoringPipeline:
         *,
         flow: Flow,
         features: FeatureStage,
-        ladder: Ladder,
+        deployment: Deployment,
         emitter: Emitter | TransactionalEmitter,
         dead_letters: DeadLetterSink,
         metrics: Metrics,
         scores_topic: str,
+        shadow_topic: str,
+        shadow_max_pending: int,
         max_batch_size: int,
         max_wait_s: float,
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         self.flow = flow
         self.features = features
-        self.ladder = ladder
+        self.deployment = deployment  # swapped whole by the plan follower, between batches
         self.emitter = emitter
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.scores_topic = scores_topic
+        self.shadow_topic = shadow_topic
+        self.shadow_max_pending = shadow_max_pending
+        self._shadow_pending = 0  # events handed to the shadow model, not yet scored
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.after_batch: Callable[[], None] = lambda: None  # e.g. the canary watch
         self._on_fatal = on_fatal
-        self.batcher: MicroBatcher[ScoringPart, Outcome] = MicroBatcher(
+        self.batcher: MicroBatcher[ScoringPart, Scoring] = MicroBatcher(
             self._run,
             self._deliver,
             max_size=max_batch_size,
@@ -109,29 +118,12 @@ class ScoringPipeline:
         )
         flow.on_drain(self.batcher.drain)
 
-        def producer(inference: Inference | None, route: str) -> _Producer:
-            if inference is None:  # the default score: no model, no compute
-                return _Producer(
-                    DEFAULT_MODEL, DEFAULT_VERSION, route, True,
-                    metrics.scores.labels(DEFAULT_MODEL, DEFAULT_VERSION, route),
-                    metrics.model_compute.labels(DEFAULT_MODEL, DEFAULT_VERSION, "none"),
-                    ScoreEncoder(DEFAULT_MODEL, DEFAULT_VERSION, True, route),
-                )  # fmt: skip
-            model = inference.model
-            return _Producer(
-                model.name, model.version, route, route != "primary",
-                metrics.scores.labels(model.name, model.version, route),
-                metrics.model_compute.labels(model.name, model.version, str(model.device)),
-                ScoreEncoder(model.name, model.version, route != "primary", route),
-            )  # fmt: skip
-
-        fallback = ladder.fallback
-        self._producers = (
-            producer(ladder.primary, "primary"),
-            producer(fallback, "fallback") if fallback is not None else producer(None, "fallback"),
-            producer(None, "default"),
-        )
-        self._producers_by_name = {p.name: p for p in self._producers[:2]}
+        self._producers: dict[tuple[str, str | None], _Producer] = {}
+        # The usual series exist from the start, at 0 (dashboards and alerts see them).
+        self._producer("primary", deployment.primary)
+        if deployment.ladder.fallback is not None:
+            self._producer("fallback", deployment.ladder.fallback)
+        self._producer("default", None)
         # The transactional emitter routes each message by its source partition.
         self._per_source = isinstance(emitter, TransactionalEmitter)
 
@@ -140,6 +132,37 @@ class ScoringPipeline:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        if self._shadow_tasks:
+            await asyncio.wait(list(self._shadow_tasks), timeout=5.0)
+
+    def _producer(self, route: str, inference: Inference | None) -> _Producer:
+        """What scores of ``route`` by ``inference`` say, and their counters (cached)."""
+        key = (route, inference.model.ref if inference is not None else None)
+        found = self._producers.get(key)
+        if found is not None and (inference is None or found.model is inference.model):
+            return found
+        metrics = self.metrics
+        degraded = route in ("fallback", "default")
+        model = inference.model if inference is not None else None
+        name = model.name if model is not None else DEFAULT_MODEL  # None: the default score
+        version = model.version if model is not None else DEFAULT_VERSION
+        made = _Producer(
+            name, version, route, degraded, metrics.scores.labels(name, version, route),
+            ScoreEncoder(name, version, degraded, route), model,
+        )  # fmt: skip
+        self._producers[key] = made
+        return made
+
+    def _producers_for(self, outcome: Outcome) -> list[_Producer | None]:
+        """The producer of each route code of a batch (None: no score comes from it)."""
+        producers: list[_Producer | None] = []
+        for code, inference in enumerate(outcome.models):
+            if code == Route.FAILED or (inference is None and code != Route.DEFAULT):
+                producers.append(None)
+            else:
+                route = ROUTE_NAMES[code] if code < Route.RULES else "primary"
+                producers.append(self._producer(route, inference))
+        return producers
 
     # -- intake ----------------------------------------------------------------------------
     async def process(self, chunk: Chunk) -> None:
@@ -224,32 +247,43 @@ class ScoringPipeline:
         gathered.add_done_callback(lambda _: self.flow.finish_records(records, generation))
 
     # -- the model -------------------------------------------------------------------------
-    async def _run(self, batch: Batch[ScoringPart]) -> Outcome:
+    async def _run(self, batch: Batch[ScoringPart]) -> Scoring:
+        deployment = self.deployment  # one set of models for the whole batch
         raw = RawFeatures.concat([part.raw for part in batch.parts])
         record_times = np.fromiter(
             (r.timestamp or 0 for part in batch.parts for r in part.records),
             dtype=np.float64,
             count=batch.size,
         )
-        return await self.ladder.score(raw, record_times / 1000.0)
+        events = None
+        if deployment.rules or deployment.canary is not None:
+            events = [event for part in batch.parts for event in part.events]
+        outcome = await route_batch(deployment, raw, record_times / 1000.0, events)
+        return Scoring(outcome, raw, deployment)
 
-    def _deliver(self, batch: Batch[ScoringPart], result: Outcome | Exception) -> None:
+    def _deliver(self, batch: Batch[ScoringPart], scoring: Scoring | Exception) -> None:
         """Emit a batch's scores (and its poison events' dead letters), in batch order."""
         metrics = self.metrics
         metrics.batch_size.observe(batch.size)
         metrics.batch_wait.observe(batch.waited)
-        if isinstance(result, Exception):  # a bug in the ladder: dead-letter, never drop
-            log.error("scoring failed for a whole batch of %d: %r", batch.size, result)
+        if isinstance(scoring, Exception):  # a bug in the router: dead-letter, never drop
+            log.error("scoring failed for a whole batch of %d: %r", batch.size, scoring)
             result = Outcome(
                 np.full(batch.size, np.nan, dtype=np.float64),
                 np.full(batch.size, Route.FAILED, dtype=np.int8),
-                dict.fromkeys(range(batch.size), result),
+                dict.fromkeys(range(batch.size), scoring),
+                models=[None] * Route.RULES,
             )
-        for name, seconds in result.seconds.items():
+            raw, deployment = None, None
+        else:
+            result, raw, deployment = scoring.outcome, scoring.raw, scoring.deployment
+        for key, seconds in result.seconds.items():
             metrics.model_latency.observe(seconds)
-            self._producers_by_name[name].compute.inc(seconds)
+            metrics.model_compute.labels(*key).inc(seconds)
         if result.deadline_missed:
             metrics.deadline_missed.inc(result.deadline_missed)
+        if result.escalation_failures:
+            metrics.escalation_failures.inc(result.escalation_failures)
         generation = self.flow.generation
         parts = [part for part in batch.parts if part.generation == generation]
         if len(parts) != len(batch.parts):  # abandoned parts are re-read later, never emitted
@@ -263,7 +297,11 @@ class ScoringPipeline:
                 for row in range(start, start + len(part))
             ]
             result = result.take(rows)
+            raw = raw.select(rows) if raw is not None else None
         self._emit(parts, result, generation, time.time())
+        if deployment is not None and raw is not None and deployment.shadow is not None:
+            self._shadow(deployment.shadow, parts, result, raw)
+        self.after_batch()
 
     def _emit(
         self, parts: list[ScoringPart], outcome: Outcome, generation: int, scored_ts: float
@@ -272,10 +310,10 @@ class ScoringPipeline:
         messages: list[Outgoing] = []
         sources: list[Record] = []
         timestamps: list[int] = []
-        counts = [0, 0, 0]  # per Route: primary, fallback, default
-        producers = self._producers
+        producers = self._producers_for(outcome)
+        counts = [0] * len(producers)  # per route code
         topic = self.scores_topic
-        encoders = [producer.encoder.encode for producer in producers]
+        encoders = [p.encoder.encode if p is not None else None for p in producers]
         routes = outcome.route.tolist()
         scores = outcome.scores.tolist()
         row = 0
@@ -287,7 +325,7 @@ class ScoringPipeline:
                     dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
                     row += 1
                     continue
-                value = encoders[route](
+                value = encoders[route](  # a code that scored has an encoder
                     event["event_id"], event["entity_id"], scores[row], event["ts"],
                     scored_ts, record.topic, record.partition, record.offset,
                 )  # fmt: skip
@@ -308,18 +346,96 @@ class ScoringPipeline:
             if report.failures:  # the broker will never take these: their events are dead letters
                 ok = self._emit_failed(messages, sources, report, generation, states)
             events = self.metrics.events
-            events.labels("scored").inc(counts[Route.PRIMARY])
-            degraded = counts[Route.FALLBACK] + counts[Route.DEFAULT]
+            scored = degraded = 0
+            for producer, count in zip(producers, counts, strict=True):
+                if count and producer is not None:
+                    producer.scores.inc(count)
+                    if producer.degraded:
+                        degraded += count
+                    else:
+                        scored += count
+            events.labels("scored").inc(scored)
             if degraded:
                 events.labels("degraded").inc(degraded)
-            for route, count in enumerate(counts):
-                if count:
-                    producers[route].scores.inc(count)
             self.metrics.end_to_end.observe_many(report.acked_at - stamps)
             self._finish_after(states, ok, generation)
 
         routing = _record_sources(sources) if self._per_source else None
         self.emitter.send(messages, delivered, source=routing)
+
+    # -- the shadow ------------------------------------------------------------------------
+    def _shadow(
+        self,
+        shadow: Inference,
+        parts: list[ScoringPart],
+        outcome: Outcome,
+        raw: RawFeatures,
+    ) -> None:
+        """Score what was just emitted with the shadow model too, on its own budget.
+
+        Runs after the batch's scores are handed to the producer, on the shadow
+        model's own thread, so it never delays or changes them. Its outputs do
+        not hold offsets back: a crash can lose shadow scores, never scores.
+        Shed (and counted) when intake is paused or too much shadow work waits.
+        """
+        rows = np.flatnonzero(outcome.route != Route.FAILED).tolist()
+        if not rows:
+            return
+        shed = self.metrics.shadow_shed
+        if self.flow.paused or self._shadow_pending + len(rows) > self.shadow_max_pending:
+            shed.labels("overload").inc(len(rows))
+            return
+        records = [r for part in parts for r in part.records]
+        events = [e for part in parts for e in part.events]
+        primary_scores = outcome.scores[rows]
+        subset = raw if len(rows) == len(raw) else raw.select(rows)
+        self._shadow_pending += len(rows)
+        timeout = self.deployment.ladder.timeout
+
+        async def run() -> None:
+            try:
+                scored = await asyncio.wait_for(shadow.score(subset), timeout)
+            except Exception as exc:  # the shadow's failures never touch the primary path
+                log.warning("shadow model %s failed: %r", shadow.model.ref, exc)
+                shed.labels("failed").inc(len(rows))
+                return
+            finally:
+                self._shadow_pending -= len(rows)
+            model = shadow.model
+            self.metrics.model_compute.labels(model.name, model.version, str(model.device)).inc(
+                scored.seconds
+            )
+            encode = self._producer("shadow", shadow).encoder.encode
+            messages, sources, diffs = [], [], []
+            scored_ts = time.time()
+            values = scored.scores.tolist()
+            for position, row in enumerate(rows):
+                if position in scored.failures:
+                    continue
+                record, event = records[row], events[row]
+                value = encode(
+                    event["event_id"], event["entity_id"], values[position], event["ts"],
+                    scored_ts, record.topic, record.partition, record.offset,
+                )  # fmt: skip
+                messages.append(Outgoing(self.shadow_topic, record.key, value))
+                sources.append(record)
+                diffs.append(abs(values[position] - float(primary_scores[position])))
+            if scored.failures:
+                shed.labels("failed").inc(len(scored.failures))
+            if diffs:
+                self.metrics.shadow_abs_diff.observe_many(np.asarray(diffs))
+            producer = self._producer("shadow", shadow)
+
+            def delivered(report: Delivered) -> None:
+                producer.scores.inc(len(messages) - len(report.failures))
+
+            if messages:
+                routing = _record_sources(sources) if self._per_source else None
+                self.emitter.send(messages, delivered, source=routing)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     def _emit_failed(
         self,
@@ -349,6 +465,15 @@ class ScoringPipeline:
 
 
 @dataclass(frozen=True, slots=True)
+class Scoring:
+    """A scored batch, with its model input and the models that scored it (for the shadow)."""
+
+    outcome: Outcome
+    raw: RawFeatures
+    deployment: Deployment
+
+
+@dataclass(frozen=True, slots=True)
 class _Producer:
     """What a score says about the rung that produced it, and that rung's counters."""
 
@@ -357,8 +482,8 @@ class _Producer:
     route: str
     degraded: bool
     scores: Counter
-    compute: Counter
     encoder: ScoreEncoder
+    model: LoadedModel | None  # the exact model loaded (a reloaded one gets a new producer)
 
 
 def _starts(parts: Sequence[ScoringPart]) -> list[tuple[ScoringPart, int]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from schemas.rollout import RoutingRule
 from streams.errors import ConfigError
 
 ENV_PREFIX = "STREAMSCORE_"
@@ -72,6 +73,43 @@ class Settings(BaseSettings):
     model_registry: Path | None = Field(None, description="model registry directory")
     control_topic: TopicName = Field("streamscore.control", description="the rollout plan")
     shadow_topic: TopicName = Field("scores.shadow", description="scores of the shadow model")
+
+    # -- models in production: canary watch, router, shadow ------------------------------
+    auto_rollback: bool = Field(
+        True, description="roll a canary back when it breaches a threshold below"
+    )
+    canary_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="sliding window over which canary and primary compare"
+    )
+    canary_min_events: int = Field(
+        200, ge=1, le=10_000_000, description="events each side needs in the window before judging"
+    )
+    canary_max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="canary failure share allowed above the primary's"
+    )
+    canary_max_latency_ratio: float = Field(
+        3.0, ge=1, le=1_000, description="canary model time per event allowed, x the primary's"
+    )
+    canary_max_score_shift: float = Field(
+        0.25, gt=0, le=1, description="largest Kolmogorov-Smirnov gap between the score samples"
+    )
+    escalation_model: str | None = Field(
+        None, description="heavier model rescoring events whose score is in the band (empty: off)"
+    )
+    escalation_band_low: float = Field(
+        0.2, ge=0, le=1, description="lower end of the escalated score band (inclusive)"
+    )
+    escalation_band_high: float = Field(
+        0.8, ge=0, le=1, description="upper end of the escalated score band (inclusive)"
+    )
+    routing_rules: list[RoutingRule] = Field(
+        default_factory=list,
+        description="JSON list: events matching a rule go to its model, e.g. "
+        '[{"model": "fraud-deep", "min_amount": 1000}]',
+    )
+    shadow_max_pending: int = Field(
+        2_048, ge=1, le=10_000_000, description="shadow events queued before shadow work is shed"
+    )
 
     # -- overload and failure -------------------------------------------------------------
     fallback_model: str | None = Field(
@@ -175,7 +213,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part!r} is not a broker URL like kafka://HOST:PORT")
         return ",".join(parts)
 
-    @field_validator("fallback_model", "default_score", "deadline_ms", "model", mode="before")
+    @field_validator(
+        "fallback_model", "default_score", "deadline_ms", "model", "escalation_model",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         """``STREAMSCORE_FALLBACK_MODEL=`` (empty) turns a rung off."""
@@ -204,6 +245,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "STREAMSCORE_DRAIN_TIMEOUT_MS must be below STREAMSCORE_REBALANCE_TIMEOUT_MS, "
                 "or a rebalance would drop this worker from the group while it drains"
+            )
+        if self.escalation_band_low > self.escalation_band_high:
+            raise ValueError(
+                "STREAMSCORE_ESCALATION_BAND_LOW must not be above STREAMSCORE_ESCALATION_BAND_HIGH"
             )
         sasl = self.kafka_security_protocol.startswith("SASL")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
@@ -291,6 +336,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from exc
+    except SettingsError as exc:  # a list or object variable that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{field[1].upper()}" if field else "a STREAMSCORE_* variable"
+        raise ConfigError(f"invalid configuration:\n  {name}: not valid JSON") from exc
 
 
 def describe_validation_error(exc: ValidationError) -> str:

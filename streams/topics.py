@@ -104,6 +104,7 @@ def prepare_topics(settings: Settings, timeout: float = 15.0) -> Cluster:
         settings.features_topic,
         settings.scores_topic,
         settings.dlq_topic,
+        settings.shadow_topic,
     ]
     missing = [name for name in dict.fromkeys(wanted) if name not in existing]
     if missing:

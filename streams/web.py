@@ -1,4 +1,4 @@
-"""HTTP endpoints of a worker: liveness, readiness and Prometheus metrics."""
+"""HTTP endpoints of a worker: liveness, readiness, the models in use and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def register_pages(app: StreamscoreApp) -> None:
         if problems:
             return web.json({"status": "not ready", "reasons": problems}, status=503)
         return web.json({"status": "ready"})
+
+    @app.page("/models")
+    async def models(web: Any, request: Any) -> Any:
+        """The rollout plan this worker applies and every model it has loaded, by role."""
+        plans = app.runtime.plans
+        if plans is None:
+            return web.json({"plan": None, "models": [], "rejected": None})
+        return web.json(plans.view())
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

@@ -143,6 +143,8 @@ def start(config: Config, topics: Topics, launch: Launch) -> CommandProcess:
         "STREAMSCORE_FEATURES_TOPIC": topics.features,
         "STREAMSCORE_SCORES_TOPIC": topics.scores,
         "STREAMSCORE_DLQ_TOPIC": topics.dlq,
+        "STREAMSCORE_SHADOW_TOPIC": f"{topics.prefix}-shadow",
+        "STREAMSCORE_CONTROL_TOPIC": f"{topics.prefix}-control",
         "STREAMSCORE_PARTITIONS": str(launch.partitions),
         "STREAMSCORE_DATA_DIR": str(launch.workdir / f"{topics.prefix}-data"),
         **config.env,

@@ -64,6 +64,8 @@ class Deployment:
             "features": f"features-{self.suffix}",
             "scores": f"scores-{self.suffix}",
             "dlq": f"dlq-{self.suffix}",
+            "shadow": f"shadow-{self.suffix}",
+            "control": f"control-{self.suffix}",
         }
 
     @property
@@ -78,12 +80,20 @@ class Deployment:
             "STREAMSCORE_FEATURES_TOPIC": self.topics["features"],
             "STREAMSCORE_SCORES_TOPIC": self.topics["scores"],
             "STREAMSCORE_DLQ_TOPIC": self.topics["dlq"],
+            "STREAMSCORE_SHADOW_TOPIC": self.topics["shadow"],
+            "STREAMSCORE_CONTROL_TOPIC": self.topics["control"],
+            "STREAMSCORE_MODEL_REGISTRY": str(self.registry),
             "STREAMSCORE_PARTITIONS": str(PARTITIONS),
             "STREAMSCORE_DATA_DIR": str(data_dir),
             "STREAMSCORE_LOG_LEVEL": "info",
             "STREAMSCORE_COMMIT_INTERVAL_MS": "200",
             **extra,
         }
+
+    @property
+    def registry(self) -> Path:
+        """The model registry the workers of this deployment share."""
+        return self.tmp / "registry"
 
     def worker(self, name: str = "w1", data_dir: Path | None = None, **extra: str) -> WorkerProcess:
         data = data_dir or self.tmp / f"data-{name}"

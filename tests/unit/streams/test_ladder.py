@@ -27,6 +27,10 @@ class FakeModel:
         self.hang = threading.Event()
         self.calls = 0
 
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
     def predict(self, raw: RawFeatures) -> np.ndarray:
         self.calls += 1
         if self.hang.is_set():
@@ -109,7 +113,7 @@ async def test_a_slow_primary_times_out_to_the_fallback() -> None:
     primary.hang.set()
     outcome = await lad.score(raw_of([100.0, 200.0]), now_times(2))
     assert outcome.route.tolist() == [Route.FALLBACK, Route.FALLBACK]
-    assert outcome.seconds["primary"] >= 0.2
+    assert outcome.seconds[("primary", "1", "cpu")] >= 0.2
 
 
 async def test_without_any_model_the_default_score_or_a_dead_letter() -> None:
