@@ -43,7 +43,7 @@ from streams.errors import BrokerError, TopicMismatchError
 from streams.settings import Settings
 from streams.topics import AuthFailures
 
-__all__ = ["COMPACT", "ensure_control_topic", "read_plan", "write_plan"]
+__all__ = ["COMPACT", "ensure_control_topic", "read_plan", "read_plan_and_end", "write_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ def read_plan(settings: Settings, timeout: float = 30.0) -> RolloutPlan | None:
     plan, and :class:`BrokerError` when the topic cannot be read to its end in
     ``timeout`` seconds.
     """
+    value, _ = _read_latest(settings, timeout)
+    return None if value is None else RolloutPlan.from_bytes(value)
+
+
+def read_plan_and_end(settings: Settings, timeout: float = 30.0) -> tuple[bytes | None, int]:
+    """The latest plan record's value (unparsed) and the offset after the last record read.
+
+    A worker follows the topic from that offset, so it never replays older plans.
+    """
+    return _read_latest(settings, timeout)
+
+
+def _read_latest(settings: Settings, timeout: float) -> tuple[bytes | None, int]:
     deadline = time.monotonic() + timeout
     auth = AuthFailures()
     consumer = Consumer(
@@ -125,13 +138,12 @@ def read_plan(settings: Settings, timeout: float = 30.0) -> RolloutPlan | None:
     try:
         partitions = _partitions(consumer, auth, settings, min(timeout, 15.0))
         if not partitions:
-            return None
-        latest = _latest(consumer, topic, partitions, deadline, settings.fetch_max_wait_ms)
+            return None, 0
+        return _latest(consumer, topic, partitions, deadline, settings.fetch_max_wait_ms)
     except KafkaException as exc:
         raise BrokerError(f"cannot read the control topic {topic!r}: {exc.args[0]}") from exc
     finally:
         consumer.close()
-    return None if latest is None else RolloutPlan.from_bytes(latest)
 
 
 def write_plan(settings: Settings, plan: RolloutPlan, timeout: float = 30.0) -> None:
@@ -199,14 +211,15 @@ def _latest(
     partitions: list[int],
     deadline: float,
     fetch_wait_ms: int | None,
-) -> bytes | None:
-    """The last value of the plan key, read from the beginning to the end of every partition."""
+) -> tuple[bytes | None, int]:
+    """The last value of the plan key, and the offset after the last record (one partition)."""
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     # After every partition reported its end, one more poll must bring nothing:
     # a short reported end would otherwise hide the newest plan.
     settle = 0.2 + 2 * (fetch_wait_ms or 100) / 1000
     at_end: set[int] = set()
     latest: bytes | None = None
+    end = 0
     while True:
         if time.monotonic() > deadline:
             raise BrokerError(
@@ -216,12 +229,13 @@ def _latest(
         done = at_end.issuperset(partitions)
         messages = consumer.consume(1000, settle if done else 0.2)
         if done and not any(m.error() is None for m in messages):
-            return latest
+            return latest, end
         for message in messages:
             error = message.error()
             partition = int(message.partition() or 0)
             if error is None:
                 at_end.discard(partition)
+                end = max(end, int(message.offset() or 0) + 1)
                 if message.key() == PLAN_KEY:
                     latest = message.value()  # None: a tombstone, the plan was deleted
             elif error.code() == KafkaError._PARTITION_EOF:

@@ -150,7 +150,7 @@ class PlanFollower:
         return deployment
 
     def follow(self, start_offset: int = OFFSET_BEGINNING) -> None:
-        """Watch the control topic from now on (a thread hands plans to the loop)."""
+        """Watch the control topic from ``start_offset`` (after the plan read at start)."""
         assert self._loop is not None
         self._watcher = PlanWatcher(self.settings, self._loop, self.offer, start_offset)
         self._watcher.start()
@@ -275,6 +275,8 @@ class PlanFollower:
 
     async def _roll_back(self, plan: RolloutPlan, breach: Breach) -> None:
         assert plan.canary is not None
+        if self.current is None or self.current.plan != plan:  # the plan changed meanwhile
+            return
         reason = f"automatic rollback of canary {plan.canary.model}: {breach.detail}"
         rolled = plan.model_copy(
             update={"canary": None, "updated_ts": time.time(), "reason": reason}

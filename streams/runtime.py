@@ -13,9 +13,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING
+
 from schemas.rollout import PlanError, RolloutPlan
 from streams.bulk import BulkConsumer, Sink
-from streams.control import ensure_control_topic, read_plan
+from streams.control import ensure_control_topic, read_plan_and_end
 from streams.deadletters import DeadLetterSink
 from streams.emit import Emitter
 from streams.errors import BrokerError
@@ -86,7 +88,7 @@ class Runtime:
         self.cluster = await loop.run_in_executor(None, prepare_topics, settings)
 
         await loop.run_in_executor(None, ensure_control_topic, settings)
-        plan, plan_error = await loop.run_in_executor(None, _read_plan, settings)
+        plan, plan_error, follow_from = await loop.run_in_executor(None, _read_plan, settings)
         device = resolve_device(settings.device)
         self.plans = PlanFollower(
             settings, self.metrics, Models(settings, device, self.metrics), self._install
@@ -165,7 +167,7 @@ class Runtime:
             self.flow,
             {settings.events_topic: event_sink, settings.features_topic: feature_sink},
         )
-        self.plans.follow()
+        self.plans.follow(follow_from)
         self.started = True
 
     def _install(self, deployment: Deployment) -> None:
@@ -221,12 +223,16 @@ class Runtime:
             self.plans.close()
 
 
-def _read_plan(settings: Settings) -> tuple[RolloutPlan | None, str | None]:
-    """The plan on the control topic at start, or why it could not be read."""
+def _read_plan(settings: Settings) -> tuple[RolloutPlan | None, str | None, int]:
+    """The plan at start (or why it is unusable), and the offset to follow the topic from."""
     try:
-        return read_plan(settings), None
-    except PlanError as exc:
-        return None, str(exc)
+        value, end = read_plan_and_end(settings)
     except BrokerError as exc:
-        log.warning("could not read the rollout plan at start (%s); following it from now", exc)
-        return None, None
+        log.warning("could not read the rollout plan at start (%s); following the topic", exc)
+        return None, None, OFFSET_BEGINNING
+    if value is None:
+        return None, None, end
+    try:
+        return RolloutPlan.from_bytes(value), None, end
+    except PlanError as exc:
+        return None, str(exc), end

@@ -198,6 +198,14 @@ def test_plans_switch_live_without_loss_or_disorder_and_a_restart_resumes_the_pl
     assert view["plan"]["primary"] == "fraud-deep:1"
     assert view["plan"]["canary"] == {"model": "fraud-lr:1", "percent": 60.0}
     assert view["plan"]["reason"] == "back"
+    # It follows the topic from where it read the plan: once it applies a plan written
+    # now, it has read everything before it, and older plans (the refused one included)
+    # were not applied again.
+    write_plan(settings, plan("fraud-deep:1", canary=("fraud-lr:1", 60.0), reason="after"))
+    wait_for(lambda: models_view(again)["plan"]["reason"] == "after", 5.0, "a new plan")
+    metrics = again.metrics()
+    assert metric_value(metrics, "streamscore_plans_rejected_total") == 0
+    assert metric_value(metrics, "streamscore_plans_applied_total") == 2
 
 
 def read_topic(bootstrap: str, topic: str, until: int, timeout: float) -> list[dict[str, Any]]:
@@ -341,3 +349,32 @@ def test_rules_and_escalation_route_events_and_say_so(deployment: Deployment) ->
         metrics, "streamscore_model_compute_seconds_total",
         {"model": "fraud-deep", "version": "1", "device": "cpu"},
     ) > 0  # fmt: skip
+
+
+def test_shadow_work_over_its_budget_is_shed_and_counted_never_the_scores(
+    deployment: Deployment,
+) -> None:
+    write_plan(control(deployment), plan("fraud-mlp:1", shadow="fraud-deep:1"))
+    # A budget of one event: every batch of the shadow is over it.
+    worker = deployment.worker(STREAMSCORE_SHADOW_MAX_PENDING="1")
+    worker.wait_ready()
+    items = records(seed=75, n=800)
+    ids = {orjson.loads(r.value)["event_id"] for r in items}  # type: ignore[arg-type]
+    deployment.publish("events", items)
+    reader = deployment.reader()
+    out = reader.until(lambda o: o.scored_ids() >= ids, 60)
+    reader.close()
+    assert out.scored_ids() == ids
+    metrics = worker.settled_metrics()
+    shed = metric_value(metrics, "streamscore_shadow_shed_total", {"reason": "overload"})
+    try:  # the series exists once a shadow score was made
+        single = metric_value(
+            metrics, "streamscore_scores_total",
+            {"model": "fraud-deep", "version": "1", "route": "shadow"},
+        )  # fmt: skip
+    except KeyError:
+        single = 0.0
+    assert shed + single == len(ids)
+    assert shed >= len(ids) - 50  # only batches of a single event fit the budget
+    shadow = read_topic(deployment.bootstrap, deployment.topics["shadow"], int(single), 10)
+    assert len(shadow) == single
