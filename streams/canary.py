@@ -82,12 +82,15 @@ class _Side:
 
     def add(self, sample: _Sample, horizon: float) -> None:
         self.samples.append(sample)
+        self._forget(horizon)
+
+    def _forget(self, horizon: float) -> None:
+        """Drop the batches older than the window."""
         while self.samples and self.samples[0].at < horizon:
             self.samples.popleft()
 
     def totals(self, horizon: float) -> tuple[int, int, float, npt.NDArray[np.float64]]:
-        while self.samples and self.samples[0].at < horizon:
-            self.samples.popleft()
+        self._forget(horizon)
         events = sum(s.events for s in self.samples)
         errors = sum(s.errors for s in self.samples)
         seconds = sum(s.seconds for s in self.samples)

@@ -43,7 +43,10 @@ from streams.errors import BrokerError, TopicMismatchError
 from streams.settings import Settings
 from streams.topics import AuthFailures
 
-__all__ = ["COMPACT", "ensure_control_topic", "read_plan", "read_plan_and_end", "write_plan"]
+__all__ = [
+    "COMPACT", "control_consumer", "ensure_control_topic", "read_plan", "read_plan_and_end",
+    "write_plan",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ def read_plan(settings: Settings, timeout: float = 30.0) -> RolloutPlan | None:
     plan, and :class:`BrokerError` when the topic cannot be read to its end in
     ``timeout`` seconds.
     """
-    value, _ = _read_latest(settings, timeout)
+    value, _ = read_plan_and_end(settings, timeout)
     return None if value is None else RolloutPlan.from_bytes(value)
 
 
@@ -117,23 +120,9 @@ def read_plan_and_end(settings: Settings, timeout: float = 30.0) -> tuple[bytes 
 
     A worker follows the topic from that offset, so it never replays older plans.
     """
-    return _read_latest(settings, timeout)
-
-
-def _read_latest(settings: Settings, timeout: float) -> tuple[bytes | None, int]:
     deadline = time.monotonic() + timeout
     auth = AuthFailures()
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": f"{settings.app_id}-control-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": settings.fetch_max_wait_ms or 100,
-            "error_cb": auth,
-        }
-    )
+    consumer = control_consumer(settings, "control-reader", error_cb=auth)
     topic = settings.control_topic
     try:
         partitions = _partitions(consumer, auth, settings, min(timeout, 15.0))
@@ -144,6 +133,21 @@ def _read_latest(settings: Settings, timeout: float) -> tuple[bytes | None, int]
         raise BrokerError(f"cannot read the control topic {topic!r}: {exc.args[0]}") from exc
     finally:
         consumer.close()
+
+
+def control_consumer(settings: Settings, purpose: str, **overrides: Any) -> Consumer:
+    """A group-less reader of the control topic (a fresh group id, never committing)."""
+    return Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"{settings.app_id}-{purpose}-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms or 100,
+            **overrides,
+        }
+    )
 
 
 def write_plan(settings: Settings, plan: RolloutPlan, timeout: float = 30.0) -> None:

@@ -136,6 +136,15 @@ class Outcome:
     models: list[Inference | None] = field(default_factory=list)
     escalation_failures: int = 0  # escalated events that kept their first score
 
+    @classmethod
+    def unscored(cls, n: int, models: Sequence[Inference | None] = ()) -> Outcome:
+        """``n`` rows without a score yet; ``models`` by route code, padded to the fixed codes."""
+        return cls(
+            np.full(n, np.nan, dtype=np.float64),
+            np.full(n, Route.FAILED, np.int8),
+            models=[*models, *[None] * (Route.RULES - len(models))],
+        )
+
     def take(self, rows: Sequence[int]) -> Outcome:
         """These rows only, renumbered from 0 (the model time and counts stay whole)."""
         index = {row: i for i, row in enumerate(rows)}
@@ -173,11 +182,7 @@ class Ladder:
     async def score(self, raw: RawFeatures, record_times: npt.NDArray[np.float64]) -> Outcome:
         """``record_times``: each event's record timestamp, epoch seconds (for the deadline)."""
         n = len(raw)
-        outcome = Outcome(
-            np.full(n, np.nan, dtype=np.float64),
-            np.full(n, Route.FAILED, np.int8),
-            models=[self.primary, self.fallback, None, None],
-        )
+        outcome = Outcome.unscored(n, [self.primary, self.fallback])
         rows = list(range(n))
         late: list[int] = []
         if self.deadline is not None and n:

@@ -27,18 +27,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from models.registry import resolve
 from schemas.rollout import PLAN_KEY, PlanError, RolloutPlan
 from streams.canary import Breach, CanaryMonitor, Thresholds
-from streams.control import write_plan
+from streams.control import control_consumer, write_plan
 from streams.inference import Inference
 from streams.ladder import Breaker, Ladder
 from streams.metrics import Metrics
@@ -347,15 +346,9 @@ class PlanWatcher:
 
     def _run(self) -> None:
         settings = self.settings
-        consumer = Consumer(
-            {
-                **settings.kafka_client_config(),
-                "group.id": f"{settings.app_id}-plan-watch-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": min(settings.fetch_max_wait_ms or 100, 500),
-            }
-        )
+        # At most 500 ms per fetch, so a plan is seen well within the 5 s the contract allows.
+        wait = min(settings.fetch_max_wait_ms or 100, 500)
+        consumer = control_consumer(settings, "plan-watch", **{"fetch.wait.max.ms": wait})
         try:
             consumer.assign([TopicPartition(settings.control_topic, 0, self._start_offset)])
             while self._running:

@@ -132,13 +132,12 @@ async def _score_with_sides(
 ) -> Outcome:
     ladder = deployment.ladder
     n = len(raw)
-    models: list[Inference | None] = [ladder.primary, ladder.fallback, None, None, None, None]
-    models[Route.CANARY] = deployment.canary
-    models[Route.ESCALATED] = deployment.escalation
-    models.extend(inference for _, inference in deployment.rules)
-    outcome = Outcome(
-        np.full(n, np.nan, dtype=np.float64), np.full(n, Route.FAILED, np.int8), models=models
-    )
+    # In route code order: primary, fallback, default, failed, canary, escalated, rules.
+    outcome = Outcome.unscored(
+        n,
+        [ladder.primary, ladder.fallback, None, None, deployment.canary, deployment.escalation,
+         *(inference for _, inference in deployment.rules)],
+    )  # fmt: skip
     taken = np.zeros(n, dtype=np.bool_)
     for _, rows in sides.values():
         taken[rows] = True
@@ -219,8 +218,6 @@ async def _escalate(
     rows = np.flatnonzero(band).tolist()
     if not rows:
         return
-    if len(outcome.models) < Route.RULES:
-        outcome.models.extend([None] * (Route.RULES - len(outcome.models)))
     outcome.models[Route.ESCALATED] = escalation
     scored = await deployment.ladder.call(escalation, raw, rows, outcome)
     if scored is None:

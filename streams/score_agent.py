@@ -268,12 +268,8 @@ class ScoringPipeline:
         metrics.batch_wait.observe(batch.waited)
         if isinstance(scoring, Exception):  # a bug in the router: dead-letter, never drop
             log.error("scoring failed for a whole batch of %d: %r", batch.size, scoring)
-            result = Outcome(
-                np.full(batch.size, np.nan, dtype=np.float64),
-                np.full(batch.size, Route.FAILED, dtype=np.int8),
-                dict.fromkeys(range(batch.size), scoring),
-                models=[None] * Route.RULES,
-            )
+            result = Outcome.unscored(batch.size)
+            result.failures.update(dict.fromkeys(range(batch.size), scoring))
             raw, deployment = None, None
         else:
             result, raw, deployment = scoring.outcome, scoring.raw, scoring.deployment
@@ -405,7 +401,8 @@ class ScoringPipeline:
             self.metrics.model_compute.labels(model.name, model.version, str(model.device)).inc(
                 scored.seconds
             )
-            encode = self._producer("shadow", shadow).encoder.encode
+            producer = self._producer("shadow", shadow)
+            encode = producer.encoder.encode
             messages, sources, diffs = [], [], []
             scored_ts = time.time()
             values = scored.scores.tolist()
@@ -424,7 +421,6 @@ class ScoringPipeline:
                 shed.labels("failed").inc(len(scored.failures))
             if diffs:
                 self.metrics.shadow_abs_diff.observe_many(np.asarray(diffs))
-            producer = self._producer("shadow", shadow)
 
             def delivered(report: Delivered) -> None:
                 producer.scores.inc(len(messages) - len(report.failures))

@@ -19,7 +19,7 @@ from models.synthetic import SyntheticWorld
 from schemas.rollout import Canary, RolloutPlan
 from streams.canary import members
 from streams.control import read_plan, write_plan
-from streams.harness import WorkerProcess, metric_value
+from streams.harness import Output, WorkerProcess, metric_value
 from streams.settings import Settings, load_settings
 from tests.integration.conftest import PARTITIONS, Deployment, Published, event_record
 from tests.integration.test_model_failures import POISON_AMOUNT, poisoned_artifact
@@ -227,19 +227,30 @@ def read_topic(bootstrap: str, topic: str, until: int, timeout: float) -> list[d
     return values
 
 
-def test_a_shadow_scores_to_its_own_topic_only_and_a_starting_worker_reads_the_plan_first(
-    deployment: Deployment,
-) -> None:
+def shadowed_worker(deployment: Deployment, **env: str) -> WorkerProcess:
+    """A worker started after a plan with the shadow ``fraud-deep:1`` was written."""
     write_plan(control(deployment), plan("fraud-mlp:1", shadow="fraud-deep:1"))
-    worker = deployment.worker()
+    worker = deployment.worker(**env)
     worker.wait_ready()
-    assert models_view(worker)["plan"]["shadow"] == "fraud-deep:1"
-    items = records(seed=72, n=1500)
+    return worker
+
+
+def score_all(deployment: Deployment, items: list[Published]) -> tuple[set[str], Output]:
+    """Publish ``items`` and read outputs until every one of them is scored (or 60 s)."""
     ids = {orjson.loads(r.value)["event_id"] for r in items}  # type: ignore[arg-type]
     deployment.publish("events", items)
     reader = deployment.reader()
     out = reader.until(lambda o: o.scored_ids() >= ids, 60)
     reader.close()
+    return ids, out
+
+
+def test_a_shadow_scores_to_its_own_topic_only_and_a_starting_worker_reads_the_plan_first(
+    deployment: Deployment,
+) -> None:
+    worker = shadowed_worker(deployment)
+    assert models_view(worker)["plan"]["shadow"] == "fraud-deep:1"
+    ids, out = score_all(deployment, records(seed=72, n=1500))
     assert out.scored_ids() == ids
     assert {(v["model"], v.get("route")) for _, v in out.scores} == {("fraud-mlp", "primary")}
     shadow = read_topic(deployment.bootstrap, deployment.topics["shadow"], len(ids), 30)
@@ -354,16 +365,9 @@ def test_rules_and_escalation_route_events_and_say_so(deployment: Deployment) ->
 def test_shadow_work_over_its_budget_is_shed_and_counted_never_the_scores(
     deployment: Deployment,
 ) -> None:
-    write_plan(control(deployment), plan("fraud-mlp:1", shadow="fraud-deep:1"))
     # A budget of one event: every batch of the shadow is over it.
-    worker = deployment.worker(STREAMSCORE_SHADOW_MAX_PENDING="1")
-    worker.wait_ready()
-    items = records(seed=75, n=800)
-    ids = {orjson.loads(r.value)["event_id"] for r in items}  # type: ignore[arg-type]
-    deployment.publish("events", items)
-    reader = deployment.reader()
-    out = reader.until(lambda o: o.scored_ids() >= ids, 60)
-    reader.close()
+    worker = shadowed_worker(deployment, STREAMSCORE_SHADOW_MAX_PENDING="1")
+    ids, out = score_all(deployment, records(seed=75, n=800))
     assert out.scored_ids() == ids
     metrics = worker.settled_metrics()
     shed = metric_value(metrics, "streamscore_shadow_shed_total", {"reason": "overload"})
