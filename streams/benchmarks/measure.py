@@ -92,7 +92,10 @@ class OutputTally:
                 "bootstrap.servers": bootstrap,
                 "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
+                # Long enough for the embedded broker to assemble a fetch: with a 10 ms
+                # wait it answers empty on a partition of some 20,000 small record
+                # batches (the scores of batch=1 runs), however far behind the reader is.
+                "fetch.wait.max.ms": 500,
             }
         )
         self._partitions = [

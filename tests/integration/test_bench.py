@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import math
 import tempfile
+import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 from click.testing import CliRunner
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.benchmarks import runner
 from streams.benchmarks.configs import CommandProcess, Config, Launch
+from streams.benchmarks.measure import OutputTally
 from streams.benchmarks.preload import Topics
 from streams.cli import main
+from streams.embedded import EmbeddedBroker
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -84,3 +89,43 @@ def test_bench_fails_when_a_configuration_loses_events(
     assert result.exit_code == 1, result.output
     assert "events lost: (a) drain: 300 of 300" in result.output
     assert "## Lost events" in (tmp_path / "results-lost.md").read_text()
+
+
+def test_the_output_reader_reads_a_partition_of_many_small_record_batches(
+    broker: EmbeddedBroker,
+) -> None:
+    """Configuration (b) writes one record batch per score; the reader must still read them.
+
+    The embedded broker answers a fetch with a short wait empty once a partition
+    holds some 20,000 record batches, so a reader with a 10 ms fetch wait found
+    none of (b)'s scores after a long drain.
+    """
+    scores, dlq = f"reader-{uuid.uuid4().hex[:8]}-scores", f"reader-{uuid.uuid4().hex[:8]}-dlq"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(scores, 1, 1), NewTopic(dlq, 1, 1)]).values():
+        future.result(10)
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "batch.num.messages": 1}
+    )
+    n = 25_000
+    sent: dict[str, int] = {}
+    for i in range(n):
+        event_id = f"e{i}"
+        sent[event_id] = 0
+        value = orjson.dumps({"event_id": event_id, "score": 0.5})
+        while True:
+            try:
+                producer.produce(scores, value, key=b"k")
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+    tally = OutputTally(broker.bootstrap, scores, dlq, partitions=1)
+    try:
+        out = tally.read(sent, malformed=0, timeout_s=60)
+    finally:
+        tally.close()
+    assert out.scored == n
+    assert out.missing == 0
