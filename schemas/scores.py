@@ -40,29 +40,45 @@ class Score(BaseModel):
 
 
 class ScoreEncoder:
-    """Writes the JSON of :class:`Score` for one producing rung, without a dict per event.
+    """What a score says about the rung that produced it (model, version, degraded, route).
 
-    What is constant for a rung (model, version, degraded, route) is encoded once into a
-    ``%``-template; per event only two JSON strings, two floats and two integers are
-    formatted, half the cost of building and serialising a dict. The output parses to
+    Encoded once per rung; :class:`ScoreBatch` adds the per-event fields.
+    """
+
+    __slots__ = ("constant",)
+
+    def __init__(self, model: str, model_version: str, degraded: bool, route: str) -> None:
+        self.constant = {
+            "model": model, "model_version": model_version, "degraded": degraded, "route": route,
+        }  # fmt: skip
+
+
+#: Where one score object ends and the next begins in the JSON array of a batch. It
+#: cannot occur inside a JSON string (orjson escapes every quote in one), and every
+#: score object starts with ``event_id``.
+_BETWEEN = b'},{"event_id":'
+_HEAD = b'{"event_id":'
+
+
+class ScoreBatch:
+    """A batch's scores, written as JSON in one orjson call rather than one per event.
+
+    Serialising the whole list at once and cutting it between objects costs under
+    half of formatting each score on its own. The output of each score parses to
     exactly what ``Score(...).model_dump()`` would give (tests compare the two).
     """
 
-    __slots__ = ("_template", "_topics")
+    __slots__ = ("_rows",)
 
-    def __init__(self, model: str, model_version: str, degraded: bool, route: str) -> None:
-        constant = orjson.dumps(
-            {"model": model, "model_version": model_version, "degraded": degraded, "route": route}
-        ).decode()[1:-1]
-        self._template = (
-            '{"event_id":%s,"entity_id":%s,"score":%r,'
-            + constant.replace("%", "%%")
-            + ',"event_ts":%r,"scored_ts":%r,"source":{"topic":%s,"partition":%d,"offset":%d}}'
-        )
-        self._topics: dict[str, str] = {}
+    def __init__(self) -> None:
+        self._rows: list[dict[str, object]] = []
 
-    def encode(
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(
         self,
+        encoder: ScoreEncoder,
         event_id: str,
         entity_id: str,
         score: float,
@@ -71,21 +87,33 @@ class ScoreEncoder:
         topic: str,
         partition: int,
         offset: int,
-    ) -> bytes:
-        """One score's value; the floats must be finite (scores and validated event times are)."""
-        quoted = self._topics.get(topic)
-        if quoted is None:
-            quoted = self._topics[topic] = orjson.dumps(topic).decode()
-        return (
-            self._template
-            % (
-                orjson.dumps(event_id).decode(),
-                orjson.dumps(entity_id).decode(),
-                float(score),
-                float(event_ts),
-                float(scored_ts),
-                quoted,
-                partition,
-                offset,
-            )
-        ).encode()
+    ) -> None:
+        """One score; the floats must be finite (scores and validated event times are)."""
+        self._rows.append(
+            {
+                "event_id": event_id,
+                "entity_id": entity_id,
+                "score": float(score),
+                **encoder.constant,
+                "event_ts": float(event_ts),
+                "scored_ts": scored_ts,
+                "source": {"topic": topic, "partition": partition, "offset": offset},
+            }
+        )
+
+    def encode(self) -> list[bytes]:
+        """Each score's JSON value, in the order they were added."""
+        rows = self._rows
+        if not rows:
+            return []
+        pieces = orjson.dumps(rows)[1:-1].split(_BETWEEN)
+        if len(pieces) != len(rows):  # cannot happen (see _BETWEEN); never emit a wrong cut
+            return [orjson.dumps(row) for row in rows]
+        if len(pieces) == 1:
+            return pieces
+        last = len(pieces) - 1
+        head = _HEAD
+        values = [pieces[0] + b"}"]
+        values.extend([head + piece + b"}" for piece in pieces[1:last]])
+        values.append(head + pieces[last])
+        return values

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -81,6 +81,31 @@ class Outgoing(NamedTuple):
     partition: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """Header-less messages to one topic, each partitioned by its key (a batch's scores).
+
+    Produced with one ``produce_batch`` call instead of one ``produce`` per message;
+    iterating gives the same messages as :class:`Outgoing` (retries, transactions).
+    """
+
+    topic: str
+    keys: list[bytes | None]
+    values: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        topic = self.topic
+        return (
+            Outgoing(topic, key, value) for key, value in zip(self.keys, self.values, strict=True)
+        )
+
+
+Messages = Sequence[Outgoing] | Keyed
+
+
 @dataclass(slots=True)
 class Delivered:
     """What a group's callback learns: permanent failures, and the highest offsets written."""
@@ -94,6 +119,7 @@ class ProducerLike(Protocol):
     """The part of confluent_kafka.Producer the emitter uses (a fake one in unit tests)."""
 
     def produce(self, topic: str, **kwargs: Any) -> None: ...
+    def produce_batch(self, topic: str, messages: list[dict[str, Any]], **kwargs: Any) -> int: ...
     def poll(self, timeout: float) -> int: ...
     def flush(self, timeout: float) -> int: ...
     def __len__(self) -> int: ...
@@ -168,13 +194,14 @@ class Emitter:
         retries_before_stall: int = 5,
         producer_factory: Callable[[], ProducerLike] | None = None,
     ) -> None:
+        self._queue_limit = max(100_000, max_queued)
         config: dict[str, Any] = {
             **client_config,
             "client.id": client_id,
             "enable.idempotence": True,  # acks=all, and order kept through retries
             "linger.ms": 1,
             "partitioner": "murmur2_random",  # the Java client's key -> partition mapping
-            "queue.buffering.max.messages": max(100_000, max_queued),
+            "queue.buffering.max.messages": self._queue_limit,
             "delivery.timeout.ms": 0,  # never expire: expiring one message reorders the rest
             "error_cb": _log_client_error,
         }
@@ -197,7 +224,7 @@ class Emitter:
         self._watchdog: asyncio.TimerHandle | None = None
         self._unacked: dict[int, _Group] = {}  # by id, oldest first
         self._retrying: set[int] = set()  # ids of groups waiting to be sent again
-        self._held: deque[tuple[list[Outgoing], _Group]] = deque()  # newer sends, in order
+        self._held: deque[tuple[Messages, _Group]] = deque()  # newer sends, in order
         self._last_error: KafkaError | None = None
         self._holding = False  # whether on_stall was last told to stop intake
         self.stalled: str | None = None  # why outputs are not getting through, if they are not
@@ -234,7 +261,7 @@ class Emitter:
 
     def send(
         self,
-        messages: Sequence[Outgoing],
+        messages: Messages,
         on_delivered: Callable[[Delivered], None],
         *,
         track_offsets: bool = False,
@@ -253,11 +280,11 @@ class Emitter:
             return
         self._unacked[id(group)] = group
         if self._retrying:  # keep order: nothing overtakes a message being retried
-            self._held.append((list(messages), group))
+            self._held.append((messages if isinstance(messages, Keyed) else list(messages), group))
             return
         self._produce(messages, group)
 
-    def _produce(self, messages: Sequence[Outgoing], group: _Group) -> None:
+    def _produce(self, messages: Messages, group: _Group) -> None:
         assert self._loop is not None
         if self._renew:
             self._renew = False
@@ -269,8 +296,24 @@ class Emitter:
             len(messages), lambda a: self._attempt_done(a, group), self._loop,
             group.track_offsets, self._producer,
         )  # fmt: skip
-        produce = self._producer.produce
         ack = attempt.ack
+        producer = self._producer
+        if isinstance(messages, Keyed) and len(producer) + len(messages) <= self._queue_limit:
+            # Room for all of them, so none can fail on a full queue and let a later one
+            # overtake it: one call, the partitioner still choosing by key.
+            batch: list[dict[str, Any]] = [
+                {"key": key, "value": value}
+                for key, value in zip(messages.keys, messages.values, strict=True)
+            ]
+            try:
+                queued = producer.produce_batch(messages.topic, batch, on_delivery=ack)
+            except KafkaException as exc:
+                raise EmitError(f"cannot produce to {messages.topic!r}: {exc}") from exc
+            if queued != len(batch):
+                error = next((m["_error"] for m in batch if "_error" in m), None)
+                raise EmitError(f"cannot produce to {messages.topic!r}: {error}")
+            return
+        produce = producer.produce
         for message in messages:
             while True:
                 try:

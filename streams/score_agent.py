@@ -31,12 +31,12 @@ from prometheus_client import Counter
 from models.artifact import LoadedModel
 from models.featurize import RawFeatures
 from schemas.events import EventRecord
-from schemas.scores import ScoreEncoder
+from schemas.scores import ScoreBatch, ScoreEncoder
 from streams.batcher import Batch, MicroBatcher
 from streams.bulk import Chunk
 from streams.deadletters import DeadLetterSink
 from streams.decode import DeadLetter, Record, decode_events
-from streams.emit import Delivered, Emitter, Outgoing
+from streams.emit import Delivered, Emitter, Keyed, Messages, Outgoing
 from streams.errors import EmitError, InferenceError
 from streams.features import FeatureStage
 from streams.flow import Flow
@@ -303,13 +303,14 @@ class ScoringPipeline:
         self, parts: list[ScoringPart], outcome: Outcome, generation: int, scored_ts: float
     ) -> None:
         dead: list[DeadLetter] = []
-        messages: list[Outgoing] = []
+        batch = ScoreBatch()
+        add = batch.add
+        keys: list[bytes | None] = []
         sources: list[Record] = []
         timestamps: list[int] = []
         producers = self._producers_for(outcome)
         counts = [0] * len(producers)  # per route code
-        topic = self.scores_topic
-        encoders = [p.encoder.encode if p is not None else None for p in producers]
+        encoders = [p.encoder if p is not None else None for p in producers]
         routes = outcome.route.tolist()
         scores = outcome.scores.tolist()
         row = 0
@@ -321,11 +322,12 @@ class ScoringPipeline:
                     dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
                     row += 1
                     continue
-                value = encoders[route](  # a code that scored has an encoder
+                add(
+                    encoders[route],  # a code that scored has an encoder
                     event["event_id"], event["entity_id"], scores[row], event["ts"],
                     scored_ts, record.topic, record.partition, record.offset,
                 )  # fmt: skip
-                messages.append(Outgoing(topic, record.key, value))
+                keys.append(record.key)
                 sources.append(record)
                 timestamps.append(record.timestamp or 0)
                 counts[route] += 1
@@ -333,8 +335,9 @@ class ScoringPipeline:
         states = list({id(part.state): part.state for part in parts}.values())
         if dead:
             self._send_dead_letters(dead, generation, states)
-        if not messages:
+        if not sources:
             return
+        messages = Keyed(self.scores_topic, keys, batch.encode())
         stamps = np.asarray(timestamps, dtype=np.float64) / 1000.0
 
         def delivered(report: Delivered) -> None:
@@ -402,25 +405,30 @@ class ScoringPipeline:
                 scored.seconds
             )
             producer = self._producer("shadow", shadow)
-            encode = producer.encoder.encode
-            messages, sources, diffs = [], [], []
+            encoder = producer.encoder
+            batch = ScoreBatch()
+            keys: list[bytes | None] = []
+            sources: list[Record] = []
+            diffs: list[float] = []
             scored_ts = time.time()
             values = scored.scores.tolist()
             for position, row in enumerate(rows):
                 if position in scored.failures:
                     continue
                 record, event = records[row], events[row]
-                value = encode(
-                    event["event_id"], event["entity_id"], values[position], event["ts"],
-                    scored_ts, record.topic, record.partition, record.offset,
+                batch.add(
+                    encoder, event["event_id"], event["entity_id"], values[position],
+                    event["ts"], scored_ts, record.topic, record.partition, record.offset,
                 )  # fmt: skip
-                messages.append(Outgoing(self.shadow_topic, record.key, value))
+                keys.append(record.key)
                 sources.append(record)
                 diffs.append(abs(values[position] - float(primary_scores[position])))
             if scored.failures:
                 shed.labels("failed").inc(len(scored.failures))
             if diffs:
                 self.metrics.shadow_abs_diff.observe_many(np.asarray(diffs))
+
+            messages = Keyed(self.shadow_topic, keys, batch.encode())
 
             def delivered(report: Delivered) -> None:
                 producer.scores.inc(len(messages) - len(report.failures))
@@ -435,7 +443,7 @@ class ScoringPipeline:
 
     def _emit_failed(
         self,
-        messages: list[Outgoing],
+        messages: Messages,
         sources: list[Record],
         report: Delivered,
         generation: int,

@@ -31,13 +31,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust.types import TP
 
-from streams.emit import Delivered, Outgoing, _Attempt
+from streams.emit import Delivered, Messages, Outgoing, _Attempt
 from streams.errors import EmitError
 from streams.flow import Flow
 from streams.threads import DaemonThread
@@ -138,7 +138,7 @@ class TransactionalEmitter:
 
     def send(
         self,
-        messages: Sequence[Outgoing],
+        messages: Messages,
         on_delivered: Callable[[Delivered], None],
         *,
         track_offsets: bool = False,

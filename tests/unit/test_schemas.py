@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from schemas.deadletter import MAX_MESSAGE_BYTES, dead_letter_headers, truncate_utf8
 from schemas.events import EVENT_RECORDS, Event, FeatureUpdate
-from schemas.scores import Score, ScoreEncoder
+from schemas.scores import Score, ScoreBatch, ScoreEncoder
 
 GOOD: dict[str, Any] = {
     "event_id": "e-000123", "entity_id": "acct-42", "ts": 1763769600.125, "amount": 129.90,
@@ -128,34 +128,47 @@ def test_score_schema_bounds() -> None:
 _finite = st.floats(allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    event_id=st.text(min_size=1),
-    entity_id=st.text(min_size=1),
-    score=st.floats(min_value=0.0, max_value=1.0),
-    event_ts=_finite | st.integers(-(2**53), 2**53),
-    scored_ts=_finite,
-    model=st.text(min_size=1),
-    route=st.sampled_from(["primary", "canary", "escalated", "fallback", "default", "shadow"]),
-    topic=st.text(min_size=1),
-    partition=st.integers(0, 2**31 - 1),
-    offset=st.integers(0, 2**63 - 1),
+_SCORE_ROWS = st.lists(
+    st.tuples(
+        st.text(min_size=1) | st.just('},{"event_id":"x"'),  # event_id; the cut's own bytes too
+        st.text(min_size=1),  # entity_id
+        st.floats(min_value=0.0, max_value=1.0),  # score
+        _finite | st.integers(-(2**53), 2**53),  # event_ts
+        _finite,  # scored_ts
+        st.text(min_size=1),  # model
+        st.sampled_from(["primary", "canary", "escalated", "fallback", "default", "shadow"]),
+        st.text(min_size=1),  # topic
+        st.integers(0, 2**31 - 1),  # partition
+        st.integers(0, 2**63 - 1),  # offset
+    ),
+    max_size=20,
 )
-def test_the_score_encoder_writes_what_the_schema_would(
-    event_id: str, entity_id: str, score: float, event_ts: float, scored_ts: float,
-    model: str, route: str, topic: str, partition: int, offset: int,
-) -> None:  # fmt: skip
-    expected = Score(
-        event_id=event_id, entity_id=entity_id, score=score, model=model, model_version="1%s",
-        degraded=route != "primary", event_ts=float(event_ts), scored_ts=scored_ts,
-        source={"topic": topic, "partition": partition, "offset": offset}, route=route,
-    )  # fmt: skip
-    encoder = ScoreEncoder(model, "1%s", route != "primary", route)
-    value = encoder.encode(
-        event_id, entity_id, score, event_ts, scored_ts, topic, partition, offset
-    )
-    assert orjson.loads(value) == expected.model_dump(mode="json")
-    assert Score.model_validate_json(value) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=_SCORE_ROWS)
+def test_a_score_batch_writes_what_the_schema_would_for_each_score(
+    rows: list[tuple[str, str, float, float, float, str, str, str, int, int]],
+) -> None:
+    batch = ScoreBatch()
+    expected = []
+    for event_id, entity_id, score, event_ts, scored_ts, model, route, topic, part, off in rows:
+        encoder = ScoreEncoder(model, "1%s", route != "primary", route)
+        batch.add(encoder, event_id, entity_id, score, event_ts, scored_ts, topic, part, off)
+        expected.append(
+            Score(
+                event_id=event_id, entity_id=entity_id, score=score, model=model,
+                model_version="1%s", degraded=route != "primary", event_ts=float(event_ts),
+                scored_ts=scored_ts, source={"topic": topic, "partition": part, "offset": off},
+                route=route,
+            )
+        )  # fmt: skip
+    values = batch.encode()
+    assert len(values) == len(batch) == len(rows)
+    for value, score in zip(values, expected, strict=True):
+        assert orjson.loads(value) == score.model_dump(mode="json")
+        assert Score.model_validate_json(value) == score
+        assert isinstance(orjson.loads(value)["event_ts"], float)
 
 
 def test_dead_letter_headers_keep_the_originals_first_and_cut_long_messages() -> None:

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from streams import emit
-from streams.emit import Delivered, Emitter, Outgoing
+from streams.emit import Delivered, Emitter, Keyed, Outgoing
 
 
 @dataclass
@@ -47,6 +47,8 @@ class FakeProducer:
         self.produced: list[bytes | None] = []
         self.pending: list[tuple[Any, FakeMessage]] = []
         self.offset = 0
+        self.batch_calls = 0
+        self.queued_elsewhere = 0  # messages librdkafka holds that this fake does not model
 
     def produce(self, topic: str, **kwargs: Any) -> None:
         partition = kwargs["partition"] if kwargs["partition"] >= 0 else 0
@@ -55,6 +57,15 @@ class FakeProducer:
         self.produced.append(kwargs["value"])
         self.pending.append((kwargs["on_delivery"], message))
 
+    def produce_batch(self, topic: str, messages: list[dict[str, Any]], **kwargs: Any) -> int:
+        self.batch_calls += 1
+        for m in messages:  # partitioned by key, as librdkafka's partitioner does
+            self.produce(
+                topic, key=m["key"], value=m["value"], partition=-1,
+                on_delivery=kwargs["on_delivery"],
+            )  # fmt: skip
+        return len(messages)
+
     def poll(self, timeout: float) -> int:
         return 0
 
@@ -62,7 +73,7 @@ class FakeProducer:
         return 0
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + self.queued_elsewhere
 
     def acknowledge(self, error: int | None = None) -> None:
         pending, self.pending = self.pending, []
@@ -109,6 +120,48 @@ async def test_a_group_is_reported_once_all_its_messages_are_acknowledged() -> N
     await until(lambda: reports)
     assert reports[0].failures == []
     assert reports[0].offsets == {("t", 0): 1}
+    await em.close()
+
+
+async def test_keyed_messages_are_produced_in_one_call_in_order() -> None:
+    em, producer, _ = emitter()
+    reports: list[Delivered] = []
+    em.send(Keyed("t", [b"k1", b"k2", None], [b"a", b"b", b"c"]), reports.append)
+    assert producer.batch_calls == 1
+    assert producer.produced == [b"a", b"b", b"c"]
+    assert [m.key() for _, m in producer.pending] == [b"k1", b"k2", None]
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert reports[0].failures == []
+    await em.close()
+
+
+async def test_keyed_messages_go_one_by_one_when_the_queue_has_no_room_for_all() -> None:
+    # A batch call that found the queue full part-way would queue a later message
+    # after an earlier one failed: without room for all, each is produced on its own.
+    em, producer, _ = emitter()
+    producer.queued_elsewhere = 100_000 - 2
+    reports: list[Delivered] = []
+    em.send(Keyed("t", [b"k1", b"k2", b"k3"], [b"a", b"b", b"c"]), reports.append)
+    assert producer.batch_calls == 0
+    assert producer.produced == [b"a", b"b", b"c"]
+    producer.acknowledge()
+    await until(lambda: reports)
+    await em.close()
+
+
+@pytest.mark.usefixtures("fast_backoff")
+async def test_keyed_messages_not_acknowledged_are_sent_again_with_their_keys() -> None:
+    em, producer, _ = emitter()
+    reports: list[Delivered] = []
+    em.send(Keyed("t", [b"k1", b"k2"], [b"a", b"b"]), reports.append)
+    producer.acknowledge(KafkaError._MSG_TIMED_OUT)
+    await until(lambda: len(producer.produced) == 4)
+    assert producer.produced == [b"a", b"b", b"a", b"b"]
+    assert [m.key() for _, m in producer.pending] == [b"k1", b"k2"]
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert reports[0].failures == []
     await em.close()
 
 
