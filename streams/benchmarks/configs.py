@@ -100,6 +100,7 @@ class Launch:
     workdir: Path
     naive_fetch_wait_ms: int
     quix_python: Path
+    broker_pid: int | None = None  # the embedded broker's process, to charge its CPU
 
 
 class CommandProcess(WorkerProcess):

@@ -16,12 +16,13 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,6 +281,58 @@ class RssMonitor:
             total = _status_kib(self.pid, "VmRSS") * 1024 + children
             self._children_peak = max(self._children_peak, children)
             self._polled_peak = max(self._polled_peak, total)
+
+
+class CpuTrace:
+    """CPU time of processes, sampled in the background, to charge a span of wall time.
+
+    A drain's span (first to last output record) is only known once its outputs are
+    read; the trace lets that span be charged afterwards, start-up excluded.
+    """
+
+    def __init__(self, pids: Mapping[str, int], interval_s: float = 0.1) -> None:
+        self._pids = dict(pids)
+        self._interval = interval_s
+        self._samples: list[tuple[float, dict[str, float]]] = []  # wall ms, CPU s by name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="cpu-trace", daemon=True)
+
+    def start(self) -> CpuTrace:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def seconds(self, name: str, start_ms: float, end_ms: float) -> float | None:
+        """CPU seconds ``name`` used between two wall-clock times (interpolated)."""
+        samples = list(self._samples)
+        if name not in self._pids or end_ms <= start_ms or not samples or samples[0][0] > start_ms:
+            return None
+        if samples[-1][0] < end_ms:
+            return None
+        return _at(samples, name, end_ms) - _at(samples, name, start_ms)
+
+    def _sample(self) -> None:
+        now = time.time() * 1000
+        self._samples.append((now, {name: cpu_seconds(pid) for name, pid in self._pids.items()}))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+
+def _at(samples: Sequence[tuple[float, dict[str, float]]], name: str, when_ms: float) -> float:
+    """A process's CPU seconds at a wall-clock time, between the samples around it."""
+    index = bisect.bisect_left([stamp for stamp, _ in samples], when_ms)
+    if index == 0:
+        return samples[0][1][name]
+    (t0, before), (t1, after) = samples[index - 1], samples[min(index, len(samples) - 1)]
+    if t1 <= t0:
+        return before[name]
+    return before[name] + (after[name] - before[name]) * (when_ms - t0) / (t1 - t0)
 
 
 def cpu_seconds(pid: int) -> float:

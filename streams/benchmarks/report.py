@@ -64,6 +64,10 @@ def _ms(value: float) -> str:
     return _NONE if math.isnan(value) else f"{value:,.0f}"
 
 
+def _us(value: float | None) -> str:
+    return _NONE if value is None else f"{value:,.1f}"
+
+
 def _mib(value: int) -> str:
     return f"{value / _MIB:,.0f}"
 
@@ -107,13 +111,15 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
         "",
         "Each process starts after its backlog is published. events/s counts outputs "
         "(scores, dead letters, passed-through records) from the first output record's "
-        "timestamp to the last. The latency columns here are the time records waited in "
-        "the backlog (input timestamp at pre-load → output timestamp): they grow with the "
-        "backlog, see the next table for latency under load.",
+        "timestamp to the last. CPU µs/event is the CPU time the process, and the "
+        "embedded broker, used over that same span, per output. The latency columns here "
+        "are the time records waited in the backlog (input timestamp at pre-load → output "
+        "timestamp): they grow with the backlog, see the next table for latency under load.",
         "",
         "| configuration | events/s | outputs | dead letters | missing | duplicates "
-        "| mean batch | peak RSS MiB | startup s | backlog wait p50 / p95 / p99 ms |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| mean batch | peak RSS MiB | startup s | CPU µs/event: process / broker "
+        "| backlog wait p50 / p95 / p99 ms |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in (p for p in results.phases if p.kind == "drain"):
         startup = _NONE if p.startup_s is None else f"{p.startup_s:.1f}"
@@ -121,6 +127,7 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             f"| {_name(p.config)} | **{p.rate:,.0f}** | {p.scored + p.dead + p.other:,} "
             f"| {p.dead:,} | {p.missing:,} | {p.duplicates:,} | {_batch(p)} "
             f"| {_mib(p.peak_rss)} | {startup} "
+            f"| {_us(p.cpu_us_per_event)} / {_us(p.broker_cpu_us_per_event)} "
             f"| {_ms(p.latency.p50)} / {_ms(p.latency.p95)} / {_ms(p.latency.p99)} |"
         )
     loads = [p for p in results.phases if p.kind == "load"]

@@ -21,6 +21,7 @@ from typing import Literal
 from streams.benchmarks.configs import CONFIGS, CommandProcess, Config, Launch, start
 from streams.benchmarks.exceptions import BenchmarkError, PeerFailed
 from streams.benchmarks.measure import (
+    CpuTrace,
     OutputTally,
     Percentiles,
     PhaseOutput,
@@ -81,6 +82,8 @@ class Phase:
     max_in_flight: float | None = None  # burst: highest streamscore_in_flight sampled
     bench_cpu: float | None = None  # load: the bench's CPU while offering it, in cores
     process_cpu: float | None = None  # load: the measured process's CPU meanwhile, in cores
+    cpu_us_per_event: float | None = None  # drain: the process's CPU per output, in µs
+    broker_cpu_us_per_event: float | None = None  # drain: the broker's CPU per output, in µs
     note: str = ""
 
     @property
@@ -112,7 +115,8 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
     bootstrap = broker.start()
     echo(f"embedded broker at {bootstrap}; logs in {workdir}")
     launch = Launch(bootstrap, options.workload.partitions, workdir,
-                    options.naive_fetch_wait_ms, options.quix_python)  # fmt: skip
+                    options.naive_fetch_wait_ms, options.quix_python,
+                    broker.process.pid if broker.process else None)  # fmt: skip
     run_id = uuid.uuid4().hex[:6]
     try:
         for key in options.configs:
@@ -155,11 +159,19 @@ def _run_config(
     started_ms = time.time() * 1000
     process = start(config, topics, launch)
     monitor = RssMonitor(process.pid).start()
+    pids = {"process": process.pid}
+    if launch.broker_pid is not None:
+        pids["broker"] = launch.broker_pid
+    trace = CpuTrace(pids).start()
     measured = _Measured(config, topics, launch, publisher, tally, process, monitor, options)
     try:
         drain = measured.phase("drain", None, sent_ms, malformed)
+        trace.stop()
         startup = (drain.first_ms - started_ms) / 1000.0 if drain.outputs else None
-        phase = measured.result(drain, "drain", None, len(sent_ms) + malformed, startup=startup)
+        phase = measured.result(
+            drain, "drain", None, len(sent_ms) + malformed, startup=startup,
+            cpu_per_event=_cpu_per_event(trace, drain),
+        )  # fmt: skip
         results.phases.append(phase)
         echo(f"[{config.key}] drained {phase.records:,} records: {phase.rate:,.0f}/s, "
              f"peak RSS {phase.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
@@ -185,10 +197,23 @@ def _run_config(
             echo(f"[{config.key}] burst of {burst.records:,}: peak RSS "
                  f"{burst.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
     finally:
+        trace.stop()
         monitor.stop()
         process.terminate(timeout=30)
         tally.close()
         delete_topics(launch.bootstrap, topics.prefix)
+
+
+def _cpu_per_event(trace: CpuTrace, out: PhaseOutput) -> tuple[float | None, float | None]:
+    """Microseconds of CPU per output of the process and the broker, over the drain's span."""
+    if out.outputs < 2:
+        return None, None
+
+    def per_event(name: str) -> float | None:
+        seconds = trace.seconds(name, out.first_ms, out.last_ms)
+        return None if seconds is None else seconds / out.outputs * 1e6
+
+    return per_event("process"), per_event("broker")
 
 
 @dataclass
@@ -287,6 +312,7 @@ class _Measured:
         max_in_flight: float | None = None,
         achieved: float | None = None,
         cpu: tuple[float, float] | None = None,
+        cpu_per_event: tuple[float | None, float | None] = (None, None),
     ) -> Phase:
         return Phase(
             config=self.config.key,
@@ -307,4 +333,6 @@ class _Measured:
             max_in_flight=max_in_flight if self.config.batches else None,
             bench_cpu=None if cpu is None else cpu[0],
             process_cpu=None if cpu is None else cpu[1],
+            cpu_us_per_event=cpu_per_event[0],
+            broker_cpu_us_per_event=cpu_per_event[1],
         )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from streams.benchmarks.measure import Percentiles, PhaseOutput, RssMonitor, _event_id
+from streams.benchmarks.measure import CpuTrace, Percentiles, PhaseOutput, RssMonitor, _event_id
 from streams.benchmarks.preload import InputStream, Workload
 from streams.benchmarks.report import markdown
 from streams.benchmarks.runner import Options, Phase, Results
@@ -102,7 +103,7 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     options = Options(Workload(100, 10, 2), configs=("a", "c"), latency_loads=(0.5,))
     results = Results(options, mean_value_bytes=150.0)
     results.phases += [
-        _phase("a", "drain"),
+        _phase("a", "drain", cpu_us_per_event=31.25, broker_cpu_us_per_event=4.5),
         _phase("a", "load", offered_rate=617.0),
         _phase("a", "burst", max_in_flight=4100.0),
         _phase("c", "drain", mean_batch=None, missing=7, rate=80.0),
@@ -113,6 +114,29 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     assert "| (a) streamscore | 617 |" in text
     assert "| (c) naive Faust | 617 | not run: above its drain peak |" in text
     assert "| 4,100 |" in text
+    assert "| 31.2 / 4.5 |" in text  # CPU per event of the worker and of the broker
     assert "## Lost events" in text
     assert "(c) naive Faust, drain: 7 of 100" in text
     assert "`streamscore bench --events 100`" in text
+
+
+def test_cpu_trace_charges_a_span_between_its_samples() -> None:
+    trace = CpuTrace({"p": os.getpid()})
+    trace._samples = [(1000.0, {"p": 1.0}), (2000.0, {"p": 3.0}), (3000.0, {"p": 3.0})]
+    assert trace.seconds("p", 1500.0, 2500.0) == pytest.approx(1.0)
+    assert trace.seconds("p", 1000.0, 3000.0) == pytest.approx(2.0)
+    assert trace.seconds("p", 500.0, 2500.0) is None  # before the first sample
+    assert trace.seconds("p", 1500.0, 3500.0) is None  # after the last
+    assert trace.seconds("broker", 1500.0, 2500.0) is None  # not traced
+
+
+def test_cpu_trace_sees_the_cpu_a_process_uses() -> None:
+    trace = CpuTrace({"self": os.getpid()}, interval_s=0.01).start()
+    start = time.process_time()
+    while time.process_time() - start < 0.3:  # burn CPU, not wall time
+        sum(range(1000))
+    trace.stop()
+    first, last = trace._samples[0][0], trace._samples[-1][0]
+    used = trace.seconds("self", first, last)
+    assert used is not None
+    assert used >= 0.2
