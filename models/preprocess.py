@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Annotated
 
 import numpy as np
@@ -221,8 +222,9 @@ class Preprocessor:
         rows = np.arange(n)
         for feature, lookup in self._lookups:
             other = len(lookup)
+            # map() over dict.get runs in C: a generator here costs a frame step per value.
             slots = np.fromiter(
-                (lookup.get(v, other) for v in raw.categorical[feature]), dtype=np.intp, count=n
+                map(lookup.get, raw.categorical[feature], repeat(other, n)), dtype=np.intp, count=n
             )
             out[rows, start + slots] = 1.0
             start += other + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -95,9 +96,66 @@ def _decode(
     entity_of: Any,
     max_fields: int | None = None,
 ) -> Decoded[Any]:
+    dead: list[DeadLetter] = []
+    objects = _parse_all(records) if max_fields is None else None
+    if objects is not None:
+        sources: list[Record] = list(records)
+    else:
+        objects, sources = _parse_each(records, dead, max_fields)
+
+    items, sources = _validate(objects, sources, adapter, dead)
+
+    # The key must be the entity id, so that its partition (and its order) is the entity's.
+    ok_records: list[Record] = []
+    ok_items: list[Any] = []
+    for record, item in zip(sources, items, strict=True):
+        entity = entity_of(item)
+        key = record.key
+        if key is not None and key == entity.encode():
+            ok_records.append(record)
+            ok_items.append(item)
+        else:
+            shown = "no key" if key is None else f"key {key[:200]!r}"
+            message = f"record has {shown}; it must be the UTF-8 bytes of entity_id {entity!r}"
+            dead.append(DeadLetter(record, "validate", KeyMismatch.__name__, message))
+    return Decoded(ok_records, ok_items, dead)
+
+
+_VALUE, _KEY = attrgetter("value"), attrgetter("key")
+
+
+def _parse_all(records: Sequence[Record]) -> list[Any] | None:
+    """Every record's JSON object, parsed in C-level passes; None if any needs a closer look.
+
+    The usual chunk has no bad record: this is the careful loop below without its
+    per-record Python steps. Any doubt (a missing value, a record too large, not
+    JSON, not an object, one the client could not decode) sends the whole chunk
+    through that loop, which says what is wrong with each.
+    """
+    if UndecodableRecord in set(map(type, records)):
+        return None
+    values = list(map(_VALUE, records))
+    try:
+        longest = max(map(len, values), default=0)  # a None value raises TypeError
+    except TypeError:
+        return None
+    if longest + max(map(len, filter(None, map(_KEY, records))), default=0) > MAX_RECORD_BYTES:
+        return None
+    try:
+        objects = list(map(orjson.loads, values))
+    except orjson.JSONDecodeError:
+        return None
+    if not objects or set(map(type, objects)) != {dict}:
+        return None
+    return objects
+
+
+def _parse_each(
+    records: Sequence[Record], dead: list[DeadLetter], max_fields: int | None
+) -> tuple[list[Any], list[Record]]:
+    """Parse record by record, dead-lettering each one that is not a JSON object in bounds."""
     objects: list[Any] = []
     sources: list[Record] = []
-    dead: list[DeadLetter] = []
     loads = orjson.loads
     for record in records:
         if type(record) is UndecodableRecord:  # the client library could not decode it
@@ -127,23 +185,7 @@ def _decode(
             continue
         objects.append(obj)
         sources.append(record)
-
-    items, sources = _validate(objects, sources, adapter, dead)
-
-    # The key must be the entity id, so that its partition (and its order) is the entity's.
-    ok_records: list[Record] = []
-    ok_items: list[Any] = []
-    for record, item in zip(sources, items, strict=True):
-        entity = entity_of(item)
-        key = record.key
-        if key is not None and key == entity.encode():
-            ok_records.append(record)
-            ok_items.append(item)
-        else:
-            shown = "no key" if key is None else f"key {key[:200]!r}"
-            message = f"record has {shown}; it must be the UTF-8 bytes of entity_id {entity!r}"
-            dead.append(DeadLetter(record, "validate", KeyMismatch.__name__, message))
-    return Decoded(ok_records, ok_items, dead)
+    return objects, sources
 
 
 def _validate(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 
 import numpy as np
 import orjson
@@ -33,6 +34,10 @@ from streams.emit import Outgoing
 from streams.state import TableState
 
 log = logging.getLogger(__name__)
+
+_ENTITY, _AMOUNT, _TS = itemgetter("entity_id"), itemgetter("amount"), itemgetter("ts")
+_CHANNEL, _COUNTRY, _CURRENCY = itemgetter("channel"), itemgetter("country"), itemgetter("currency")
+_OFFSET = attrgetter("offset")
 
 _NO_FEATURES = RawFeatures(
     np.empty((0, len(NUMERIC_FEATURES)), dtype=np.float32), tuple([] for _ in CATEGORICAL_FEATURES)
@@ -58,7 +63,7 @@ class FeatureStage:
 
     def prepare(self, records: Sequence[Record], events: Sequence[EventRecord]) -> Prepared:
         """Model input for a chunk of events (of any partitions, each in offset order)."""
-        entities = [event["entity_id"] for event in events]
+        entities = list(map(_ENTITY, events))
         partition_of: dict[str, int] = {}
         for record, entity in zip(records, entities, strict=True):
             partition_of[entity] = record.partition  # an entity lives in one partition
@@ -98,17 +103,18 @@ class FeatureStage:
 
         kept_events = [events[i] for i in keep] if broken else events
         kept_entities = [entities[i] for i in keep] if broken else entities
-        amounts = [event["amount"] for event in kept_events]
-        timestamps = [event["ts"] for event in kept_events]
-        offsets = [records[i].offset for i in keep]
+        # map() with itemgetter walks each column in C, cheaper than a comprehension.
+        amounts = list(map(_AMOUNT, kept_events))
+        timestamps = list(map(_TS, kept_events))
+        offsets = [records[i].offset for i in keep] if broken else list(map(_OFFSET, records))
         rolled = roll(kept_entities, amounts, timestamps, offsets, start)
         raw = featurize(
             amounts,
             timestamps,
-            [event["channel"] for event in kept_events],
-            [event["country"] for event in kept_events],
-            [event["currency"] for event in kept_events],
-            [profile_of[entity] for entity in kept_entities],
+            list(map(_CHANNEL, kept_events)),
+            list(map(_COUNTRY, kept_events)),
+            list(map(_CURRENCY, kept_events)),
+            list(map(profile_of.__getitem__, kept_entities)),
             rolled,
         )
         writes: dict[int, dict[bytes, bytes]] = {}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+from unittest.mock import patch
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.deadletters import DeadLetterSink
-from streams.decode import decode_events, decode_feature_updates
+from streams.decode import Decoded, decode_events, decode_feature_updates
 from streams.metrics import Metrics
 
 EVENT = {
@@ -147,3 +149,35 @@ def test_dead_letters_of_hostile_records_keep_their_bytes_and_headers(
         assert message.headers is not None
         assert message.headers[: len(record.headers)] == record.headers
         assert dict(message.headers[len(record.headers) :])["dlq.stage"] == letter.stage.encode()
+
+
+valid_events = st.builds(
+    event,
+    event_id=st.text(min_size=1, max_size=20),
+    amount=st.floats(min_value=0, max_value=1e9),
+    channel=st.sampled_from(["web", "pos", "app"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(valid_events, max_size=20)
+    | st.lists(st.one_of(valid_events, hostile), max_size=20)
+    | st.lists(valid_events, min_size=1, max_size=5).map(
+        lambda v: [*v, event(merchant="m" * 70_000)]
+    )
+)
+def test_a_chunk_decodes_as_the_careful_record_by_record_path_would(chunk: list[bytes]) -> None:
+    """The all-clean shortcut and the careful loop give the same events and dead letters."""
+    records = [Rec(value, offset=i) for i, value in enumerate(chunk)]
+
+    def seen(decoded: Decoded[Any]) -> tuple[list[Any], list[Any]]:
+        return (
+            [(r.offset, item) for r, item in zip(decoded.records, decoded.items, strict=True)],
+            sorted((d.record.offset, d.stage, d.error_class, d.message) for d in decoded.dead),
+        )
+
+    fast = decode_events(records)
+    with patch("streams.decode._parse_all", return_value=None):
+        careful = decode_events(records)
+    assert seen(fast) == seen(careful)
