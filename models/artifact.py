@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from models.errors import ArtifactError, ModelError
+from models.execution import ExecutionOptions, Executor
 from models.featurize import RawFeatures
 from models.fraud_mlp import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, FraudMLP
 from models.preprocess import InputSpec, Preprocessor
@@ -181,9 +182,15 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load_artifact(
-    directory: str | os.PathLike[str], device: str | torch.device = "cpu"
+    directory: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    execution: ExecutionOptions | None = None,
 ) -> LoadedModel:
-    """Load and verify the artifact in ``directory`` onto ``device`` (eval mode)."""
+    """Load and verify the artifact in ``directory`` onto ``device`` (eval mode).
+
+    ``execution`` says how :meth:`LoadedModel.predict` runs it (precision, compiled
+    bucket sizes); a reduced precision is checked against fp32 here.
+    """
     path = Path(directory)
     manifest = read_manifest(path)
     weights = path / manifest.weights
@@ -211,6 +218,11 @@ def load_artifact(
         module.to(target)
     except (RuntimeError, AssertionError, ValueError) as exc:
         raise ModelError(f"cannot use device {str(device)!r} for {manifest.ref}: {exc}") from exc
+    executor = Executor(module, target, manifest.input_spec.width, execution)
+    try:
+        executor.check_precision()
+    except ModelError as exc:
+        raise ModelError(f"{manifest.ref}: {exc}") from exc
     return LoadedModel(
         name=manifest.name,
         version=manifest.version,
@@ -219,6 +231,7 @@ def load_artifact(
         preprocessor=Preprocessor(manifest.input_spec),
         module=module,
         path=path,
+        executor=executor,
     )
 
 
@@ -255,6 +268,7 @@ class LoadedModel:
     preprocessor: Preprocessor
     module: FraudMLP
     path: Path
+    executor: Executor  # runs ``module`` for predict(): precision, buckets, CUDA stream
 
     @property
     def ref(self) -> str:
@@ -270,6 +284,4 @@ class LoadedModel:
 
     def predict(self, raw: RawFeatures) -> npt.NDArray[np.float32]:
         """Fraud probabilities for ``raw`` as float32 numpy ``[n]`` (not checked for NaN)."""
-        with torch.inference_mode():
-            scores = self.predict_tensor(self.prepare(raw))
-            return scores.to("cpu", torch.float32).numpy()
+        return self.executor.run(self.preprocessor.transform(raw))

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import torch
 
 from models.artifact import LoadedModel, load_artifact
+from models.execution import ExecutionOptions
 from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.errors import ConfigError, InferenceError, NonFiniteScore
 from streams.threads import DaemonThread
@@ -72,15 +73,25 @@ class Inference:
         self._thread = DaemonThread(f"streamscore-model-{model.name}")
 
     @classmethod
-    def load(cls, path: os.PathLike[str] | str, device: torch.device) -> Inference:
-        return cls(load_artifact(path, device))
+    def load(
+        cls,
+        path: os.PathLike[str] | str,
+        device: torch.device,
+        execution: ExecutionOptions | None = None,
+    ) -> Inference:
+        return cls(load_artifact(path, device, execution))
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     async def warm_up(self, sizes: tuple[int, ...]) -> None:
-        """Run dummy batches so the first real one pays no allocation or lazy-init cost."""
+        """Run dummy batches so the first real one pays no allocation or lazy-init cost.
+
+        A model padded to fixed batch sizes runs each of them instead: a compiled one
+        compiles every shape it will see here, never on the hot path.
+        """
+        sizes = self.model.executor.options.buckets or sizes
         await self._thread.submit(lambda: self._warm(sizes))
 
     def _warm(self, sizes: tuple[int, ...]) -> None:

@@ -69,7 +69,9 @@ class Models:
         )
         if path in self._loaded:
             return self._loaded[path]
-        inference = await loop.run_in_executor(None, Inference.load, path, self.device)
+        inference = await loop.run_in_executor(
+            None, Inference.load, path, self.device, settings.execution()
+        )
         if settings.torch_threads:
             inference.threads = settings.torch_threads
         await inference.warm_up((1, settings.max_batch_size))

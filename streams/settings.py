@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from models.execution import CompileMode, ExecutionOptions, Precision, default_buckets
 from schemas.rollout import RoutingRule
 from streams.errors import ConfigError
 
@@ -180,6 +181,20 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="intra-op threads of the model (default: cores - 1)"
     )
+    precision: Precision = Field(
+        "fp32", description="fp32, fp16 or bf16 model weights (scores stay fp32)"
+    )
+    precision_tolerance: float = Field(
+        0.01, gt=0, le=1, description="largest score difference from fp32 a model may show"
+    )
+    compile: CompileMode = Field(
+        "off", description="torch.compile mode: off, default, reduce-overhead, max-autotune"
+    )
+    batch_buckets: Annotated[tuple[int, ...], NoDecode] = Field(
+        (),
+        description="batch sizes compiled models are padded to, comma-separated "
+        "(default with compile: powers of two from 8 to MAX_BATCH_SIZE)",
+    )
     drain_timeout_ms: int = Field(
         15_000,
         ge=100,
@@ -222,6 +237,18 @@ class Settings(BaseSettings):
         """``STREAMSCORE_FALLBACK_MODEL=`` (empty) turns a rung off."""
         return None if isinstance(value, str) and value.strip() in ("", "none") else value
 
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError(
+                    "must be batch sizes separated by commas, e.g. 8,32,128,256"
+                ) from None
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -249,6 +276,16 @@ class Settings(BaseSettings):
         if self.escalation_band_low > self.escalation_band_high:
             raise ValueError(
                 "STREAMSCORE_ESCALATION_BAND_LOW must not be above STREAMSCORE_ESCALATION_BAND_HIGH"
+            )
+        buckets = self.batch_buckets
+        if buckets and (
+            list(buckets) != sorted(set(buckets))
+            or buckets[0] < 1
+            or buckets[-1] < self.max_batch_size
+        ):
+            raise ValueError(
+                "STREAMSCORE_BATCH_BUCKETS must be increasing batch sizes, the last at least "
+                f"STREAMSCORE_MAX_BATCH_SIZE ({self.max_batch_size})"
             )
         sasl = self.kafka_security_protocol.startswith("SASL")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
@@ -278,6 +315,18 @@ class Settings(BaseSettings):
     def registry_dir(self) -> Path:
         return (
             self.model_registry if self.model_registry is not None else self.data_dir / "registry"
+        )
+
+    def execution(self) -> ExecutionOptions:
+        """How models run: precision, compilation and the batch sizes compiled for."""
+        buckets = self.batch_buckets
+        if not buckets and self.compile != "off":
+            buckets = default_buckets(self.max_batch_size)
+        return ExecutionOptions(
+            precision=self.precision,
+            compile=self.compile,
+            buckets=buckets,
+            tolerance=self.precision_tolerance,
         )
 
     def kafka_client_config(self) -> dict[str, Any]:

@@ -130,3 +130,33 @@ def test_security_settings_reach_faust_as_well(monkeypatch: pytest.MonkeyPatch) 
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("svc", "pw")
     monkeypatch.setenv("STREAMSCORE_KAFKA_SECURITY_PROTOCOL", "SSL")
     assert isinstance(faust_credentials(load_settings()), SSLCredentials)
+
+
+def test_execution_defaults_to_plain_fp32_and_buckets_come_with_compile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = load_settings().execution()
+    assert (plain.precision, plain.compile, plain.buckets) == ("fp32", "off", ())
+    monkeypatch.setenv("STREAMSCORE_COMPILE", "reduce-overhead")
+    monkeypatch.setenv("STREAMSCORE_PRECISION", "bf16")
+    monkeypatch.setenv("STREAMSCORE_PRECISION_TOLERANCE", "0.02")
+    compiled = load_settings().execution()
+    assert compiled.buckets == (8, 16, 32, 64, 128, 256)
+    assert (compiled.precision, compiled.compile, compiled.tolerance) == (
+        "bf16", "reduce-overhead", 0.02,
+    )  # fmt: skip
+    monkeypatch.setenv("STREAMSCORE_BATCH_BUCKETS", "16, 64,256")
+    assert load_settings().execution().buckets == (16, 64, 256)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("8,x", "separated by commas"), ("64,8,256", "increasing"), ("8,64", "at least")],
+)
+def test_bad_batch_buckets_are_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, value: str, says: str
+) -> None:
+    monkeypatch.setenv("STREAMSCORE_BATCH_BUCKETS", value)
+    with pytest.raises(ConfigError, match="STREAMSCORE_BATCH_BUCKETS") as error:
+        load_settings()
+    assert says in str(error.value)
