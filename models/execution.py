@@ -112,6 +112,7 @@ class Executor:
         self.stream = torch.cuda.Stream(device) if self.cuda else None  # type: ignore[no-untyped-call]
         self._pinned: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # size -> in, out
         self.shapes_run: set[int] = set()  # batch sizes the module has been called with
+        self.precision_error = 0.0  # largest score difference from fp32 (check_precision)
 
     @property
     def largest(self) -> int | None:
@@ -142,6 +143,7 @@ class Executor:
                 f"reference batch, more than STREAMSCORE_PRECISION_TOLERANCE="
                 f"{self.options.tolerance:g}: use fp32 or raise the tolerance"
             )
+        self.precision_error = worst
         return worst
 
     def _run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -77,7 +77,12 @@ class Models:
         await inference.warm_up((1, settings.max_batch_size))
         model = inference.model
         self.metrics.model_compute.labels(model.name, model.version, str(model.device))
-        log.info("model %s loaded from %s on %s", model.ref, path, self.device)
+        options = model.executor.options
+        log.info(
+            "model %s loaded from %s on %s (%s, compile %s, largest score difference from "
+            "fp32 %.2g)", model.ref, path, self.device, options.precision, options.compile,
+            model.executor.precision_error,
+        )  # fmt: skip
         self._loaded[path] = inference
         return inference
 

@@ -91,6 +91,7 @@ def test_a_reduced_precision_stays_within_tolerance_of_fp32(precision: str) -> N
     executor = Executor(m, torch.device("cpu"), WIDTH, options)
     worst = executor.check_precision()
     assert 0.0 < worst <= 0.01  # it differs (it is not fp32) but by little
+    assert executor.precision_error == worst  # logged when a worker loads the model
     x = rows(300, seed=3)
     got = executor.run(x)
     assert got.dtype == np.float32
