@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.benchmarks import runner
+from streams.benchmarks import fetch_probe, runner
 from streams.benchmarks.configs import CommandProcess, Config, Launch
 from streams.benchmarks.measure import OutputTally
 from streams.benchmarks.preload import Topics
@@ -129,3 +130,22 @@ def test_the_output_reader_reads_a_partition_of_many_small_record_batches(
         tally.close()
     assert out.scored == n
     assert out.missing == 0
+
+
+def test_the_fetch_probe_reports_what_each_read_got(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["fetch_probe", "--batches", "300", "--wait-ms", "100", "--timeout", "10"]
+    monkeypatch.setattr("sys.argv", argv)
+    fetch_probe.main()
+    reads = [
+        re.fullmatch(
+            r"300 one-record batches, fetch wait 100 ms, from the (\w+): "
+            r"read (\d+) of (\d+) in [\d.]+ s",
+            line,
+        )
+        for line in capsys.readouterr().out.splitlines()
+    ]
+    assert [(m[1], int(m[2]), int(m[3])) for m in reads if m] == [
+        ("end", 10, 10), ("middle", 150, 150), ("start", 300, 300),
+    ]  # fmt: skip
