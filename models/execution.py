@@ -57,10 +57,13 @@ class ExecutionOptions:
     def __post_init__(self) -> None:
         if self.precision not in DTYPES:
             raise ValueError(f"precision must be one of {', '.join(DTYPES)}")
-        if any(size < 1 for size in self.buckets) or list(self.buckets) != sorted(
-            set(self.buckets)
-        ):
-            raise ValueError(f"batch buckets must be increasing positive sizes: {self.buckets}")
+        check_buckets(self.buckets)
+
+
+def check_buckets(buckets: Sequence[int]) -> None:
+    """Batch buckets are positive sizes, each larger than the one before."""
+    if any(size < 1 for size in buckets) or list(buckets) != sorted(set(buckets)):
+        raise ValueError(f"batch buckets must be increasing positive sizes: {tuple(buckets)}")
 
 
 def default_buckets(max_batch_size: int) -> tuple[int, ...]:

@@ -15,7 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from models.execution import CompileMode, ExecutionOptions, Precision, default_buckets
+from models.execution import (
+    CompileMode,
+    ExecutionOptions,
+    Precision,
+    check_buckets,
+    default_buckets,
+)
 from schemas.rollout import RoutingRule
 from streams.errors import ConfigError
 
@@ -278,13 +284,13 @@ class Settings(BaseSettings):
                 "STREAMSCORE_ESCALATION_BAND_LOW must not be above STREAMSCORE_ESCALATION_BAND_HIGH"
             )
         buckets = self.batch_buckets
-        if buckets and (
-            list(buckets) != sorted(set(buckets))
-            or buckets[0] < 1
-            or buckets[-1] < self.max_batch_size
-        ):
+        try:
+            check_buckets(buckets)
+        except ValueError as exc:
+            raise ValueError(f"STREAMSCORE_BATCH_BUCKETS: {exc}") from None
+        if buckets and buckets[-1] < self.max_batch_size:
             raise ValueError(
-                "STREAMSCORE_BATCH_BUCKETS must be increasing batch sizes, the last at least "
+                "STREAMSCORE_BATCH_BUCKETS: the last must be at least "
                 f"STREAMSCORE_MAX_BATCH_SIZE ({self.max_batch_size})"
             )
         sasl = self.kafka_security_protocol.startswith("SASL")

@@ -22,14 +22,15 @@ from streams.embedded import running_broker
 TOPIC = "fetch-probe"
 
 
-def _write(bootstrap: str, batches: int) -> None:
+def write_one_record_batches(bootstrap: str, topic: str, batches: int) -> None:
+    """Create a one-partition ``topic`` and write ``{"event_id":"e<i>"}`` in one batch each."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(10)
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1})
     for i in range(batches):
         while True:
             try:
-                producer.produce(TOPIC, b'{"event_id":"e%d"}' % i)
+                producer.produce(topic, b'{"event_id":"e%d"}' % i)
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -64,7 +65,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds each read may take")
     args = parser.parse_args()
     with running_broker() as broker:
-        _write(broker.bootstrap, args.batches)
+        write_one_record_batches(broker.bootstrap, TOPIC, args.batches)
         n = args.batches
         for label, start in (("end", max(0, n - 10)), ("middle", n // 2), ("start", 0)):
             got, seconds = _read(broker.bootstrap, start, n, args.wait_ms, args.timeout)

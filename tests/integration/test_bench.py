@@ -11,7 +11,6 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.benchmarks import fetch_probe, runner
@@ -103,25 +102,10 @@ def test_the_output_reader_reads_a_partition_of_many_small_record_batches(
     """
     scores, dlq = f"reader-{uuid.uuid4().hex[:8]}-scores", f"reader-{uuid.uuid4().hex[:8]}-dlq"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for future in admin.create_topics([NewTopic(scores, 1, 1), NewTopic(dlq, 1, 1)]).values():
-        future.result(10)
-    producer = Producer(
-        {"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "batch.num.messages": 1}
-    )
+    admin.create_topics([NewTopic(dlq, 1, 1)])[dlq].result(10)
     n = 25_000
-    sent: dict[str, int] = {}
-    for i in range(n):
-        event_id = f"e{i}"
-        sent[event_id] = 0
-        value = orjson.dumps({"event_id": event_id, "score": 0.5})
-        while True:
-            try:
-                producer.produce(scores, value, key=b"k")
-                break
-            except BufferError:
-                producer.poll(0.01)
-        producer.poll(0)
-    assert producer.flush(30) == 0
+    fetch_probe.write_one_record_batches(broker.bootstrap, scores, n)
+    sent = {f"e{i}": 0 for i in range(n)}
 
     tally = OutputTally(broker.bootstrap, scores, dlq, partitions=1)
     try:

@@ -125,18 +125,20 @@ def test_plans_switch_live_without_loss_or_disorder_and_a_restart_resumes_the_pl
         reader.until(lambda o: any(v["model"] == "fraud-deep" for _, v in o.scores), 30)
 
         # 2. A canary at 30%, then 60% (scores are told apart by when they were made).
-        write_plan(settings, plan("fraud-deep:1", canary=("fraud-lr:1", 30.0)))
-        wait_for(lambda: models_view(worker)["canary_percent"] == 30.0, 5.0, "canary at 30%")
-        window_30 = [time.time() + 0.5]
-        seen = len(reader.output.scores)
-        reader.until(lambda o: len(o.scores) >= seen + 1500, 60)
-        window_30.append(time.time())
-        write_plan(settings, plan("fraud-deep:1", canary=("fraud-lr:1", 60.0)))
-        wait_for(lambda: models_view(worker)["canary_percent"] == 60.0, 5.0, "canary at 60%")
-        window_60 = [time.time() + 0.5]
-        seen = len(reader.output.scores)
-        reader.until(lambda o: len(o.scores) >= seen + 1500, 60)
-        window_60.append(time.time())
+        def canary_window(percent: float) -> tuple[float, float]:
+            """Apply a canary at ``percent``; the time span of 1,500 scores made under it."""
+            write_plan(settings, plan("fraud-deep:1", canary=("fraud-lr:1", percent)))
+            wait_for(
+                lambda: models_view(worker)["canary_percent"] == percent, 5.0,
+                f"canary at {percent:g}%",
+            )  # fmt: skip
+            start = time.time() + 0.5
+            seen = len(reader.output.scores)
+            reader.until(lambda o: len(o.scores) >= seen + 1500, 60)
+            return start, time.time()
+
+        window_30 = canary_window(30.0)
+        window_60 = canary_window(60.0)
 
         # 3. A plan naming a model this worker cannot load: refused, the worker stays put.
         write_plan(settings, plan("no-such-model:1"))
