@@ -4,24 +4,23 @@ Each consumed record ends as either a valid event (or feature update) or a
 :class:`DeadLetter` saying why not; nothing here raises for bad input. JSON is
 parsed per record (``orjson``; a record is never glued to its neighbours, so
 one producer cannot smuggle fields into another's record) and the objects are
-validated in one pydantic call per chunk; only when that call finds errors
-are the bad ones picked out.
+validated in one pydantic call per chunk, which marks a bad item instead of
+failing the chunk; only the bad ones are validated again, for their reasons.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, Generic, Protocol, TypeVar
+from itertools import islice, repeat
+from operator import attrgetter, is_, itemgetter
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, PlainValidator, TypeAdapter, ValidationError
 
 from schemas.deadletter import Stage
 from schemas.events import (
-    EVENT_RECORDS,
-    FEATURE_UPDATES,
     MAX_PROFILE_FEATURES,
     MAX_RECORD_BYTES,
     EventRecord,
@@ -72,44 +71,76 @@ class Decoded(Generic[T]):
     dead: list[DeadLetter]
 
 
+class _Rejected:
+    """Stands in, in a validated chunk, for an item that failed validation."""
+
+
+_REJECTED = _Rejected()
+#: Matches anything an item schema rejected (tried last), so one bad item never fails a chunk.
+_Fallback = Annotated[Any, PlainValidator(lambda _: _REJECTED)]
+_FIRST_MATCH = Field(union_mode="left_to_right")
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """A whole chunk validated in one pass, and the reason for an item that failed."""
+
+    chunk: TypeAdapter[list[Any]]  # each item validated, or _REJECTED
+    one: TypeAdapter[Any]
+
+    def why(self, obj: Any) -> str:
+        try:
+            self.one.validate_python(obj)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            return "; ".join(
+                f"{'.'.join(str(part) for part in e['loc']) or 'record'}: {e['msg']}"
+                for e in errors
+            )
+        return "record: rejected"  # not reached: the chunk schema rejects what this does
+
+
+_EVENTS = _Schema(
+    TypeAdapter(list[Annotated[EventRecord | _Fallback, _FIRST_MATCH]]), TypeAdapter(EventRecord)
+)
+_UPDATES = _Schema(
+    TypeAdapter(list[Annotated[FeatureUpdate | _Fallback, _FIRST_MATCH]]),
+    TypeAdapter(FeatureUpdate),
+)
+
+
 def decode_events(records: Sequence[Record]) -> Decoded[EventRecord]:
     """Decode and validate events; the key must be the UTF-8 ``entity_id``."""
-    return _decode(records, EVENT_RECORDS, _entity_of_dict)
+    return _decode(records, _EVENTS, _entity_of_dict)
 
 
 def decode_feature_updates(records: Sequence[Record]) -> Decoded[FeatureUpdate]:
     """Decode and validate profile feature updates; the key must be the ``entity_id``."""
-    return _decode(records, FEATURE_UPDATES, _entity_of_update, max_fields=MAX_PROFILE_FEATURES)
+    return _decode(records, _UPDATES, _entity_of_update, max_fields=MAX_PROFILE_FEATURES)
 
 
-def _entity_of_dict(item: EventRecord) -> str:
-    return item["entity_id"]
-
-
-def _entity_of_update(item: FeatureUpdate) -> str:
-    return item.entity_id
+_entity_of_dict = itemgetter("entity_id")  # of an EventRecord
+_entity_of_update = attrgetter("entity_id")  # of a FeatureUpdate
 
 
 def _decode(
     records: Sequence[Record],
-    adapter: TypeAdapter[list[Any]],
+    schema: _Schema,
     entity_of: Any,
     max_fields: int | None = None,
 ) -> Decoded[Any]:
     dead: list[DeadLetter] = []
-    objects = _parse_all(records) if max_fields is None else None
-    if objects is not None:
-        sources: list[Record] = list(records)
-    else:
-        objects, sources = _parse_each(records, dead, max_fields)
-
-    items, sources = _validate(objects, sources, adapter, dead)
+    parsed = _parse_all(records, dead) if max_fields is None else None
+    objects, sources = parsed or _parse_each(records, dead, max_fields)
+    items, sources = _validate(objects, sources, schema, dead)
 
     # The key must be the entity id, so that its partition (and its order) is the entity's.
+    entities = list(map(entity_of, items))
+    if list(map(_KEY, sources)) == list(map(str.encode, entities)):
+        return Decoded(sources, items, dead)
     ok_records: list[Record] = []
     ok_items: list[Any] = []
-    for record, item in zip(sources, items, strict=True):
-        entity = entity_of(item)
+    for record, item, entity in zip(sources, items, entities, strict=True):
         key = record.key
         if key is not None and key == entity.encode():
             ok_records.append(record)
@@ -122,32 +153,46 @@ def _decode(
 
 
 _VALUE, _KEY = attrgetter("value"), attrgetter("key")
+_NOT_JSON = object()  # where a value did not parse
 
 
-def _parse_all(records: Sequence[Record]) -> list[Any] | None:
-    """Every record's JSON object, parsed in C-level passes; None if any needs a closer look.
+def _parse_all(
+    records: Sequence[Record], dead: list[DeadLetter]
+) -> tuple[list[Any], list[Record]] | None:
+    """Every record's JSON object, parsed in C-level passes; None if the chunk needs the loop.
 
-    The usual chunk has no bad record: this is the careful loop below without its
-    per-record Python steps. Any doubt (a missing value, a record too large, not
-    JSON, not an object, one the client could not decode) sends the whole chunk
-    through that loop, which says what is wrong with each.
+    The usual chunk has no bad record, or a few that are not JSON objects: this is
+    the careful loop below without its per-record Python steps, and only the bad
+    records go through that loop (for their dead letters). Rarer doubts (a missing
+    value, a record too large, one the client could not decode) send the whole
+    chunk through it.
     """
-    if UndecodableRecord in set(map(type, records)):
+    if not records or UndecodableRecord in set(map(type, records)):
         return None
     values = list(map(_VALUE, records))
     try:
-        longest = max(map(len, values), default=0)  # a None value raises TypeError
+        longest = max(map(len, values))  # a None value raises TypeError
     except TypeError:
         return None
     if longest + max(map(len, filter(None, map(_KEY, records))), default=0) > MAX_RECORD_BYTES:
         return None
-    try:
-        objects = list(map(orjson.loads, values))
-    except orjson.JSONDecodeError:
-        return None
-    if not objects or set(map(type, objects)) != {dict}:
-        return None
-    return objects
+    objects: list[Any] = []
+    while len(objects) < len(values):
+        try:  # extend() keeps what it parsed before a failure: resume after the bad one
+            objects.extend(map(orjson.loads, islice(values, len(objects), None)))
+        except orjson.JSONDecodeError:
+            objects.append(_NOT_JSON)
+    if set(map(type, objects)) == {dict}:
+        return objects, list(records)
+    good: list[Any] = []
+    sources: list[Record] = []
+    for record, obj in zip(records, objects, strict=True):
+        if type(obj) is dict:
+            good.append(obj)
+            sources.append(record)
+        else:
+            _parse_each([record], dead, None)  # says why, as a dead letter
+    return good, sources
 
 
 def _parse_each(
@@ -191,23 +236,22 @@ def _parse_each(
 def _validate(
     objects: list[Any],
     sources: list[Record],
-    adapter: TypeAdapter[list[Any]],
+    schema: _Schema,
     dead: list[DeadLetter],
 ) -> tuple[list[Any], list[Record]]:
-    """Validate all objects in one call; on errors, dead-letter the bad ones, keep the rest."""
+    """Validate all objects in one pass; dead-letter the ones that fail, keep the rest."""
     if not objects:
         return [], []
-    try:
-        return adapter.validate_python(objects), sources
-    except ValidationError as exc:
-        reasons: dict[int, list[str]] = {}
-        for error in exc.errors(include_url=False, include_input=False):
-            index, *path = error["loc"]
-            field = ".".join(str(part) for part in path) or "record"
-            reasons.setdefault(int(index), []).append(f"{field}: {error['msg']}")
-    for index in sorted(reasons):
-        message = "; ".join(reasons[index])
-        dead.append(DeadLetter(sources[index], "validate", ValidationError.__name__, message))
-    keep = [i for i in range(len(objects)) if i not in reasons]
-    good = adapter.validate_python([objects[i] for i in keep])
-    return good, [sources[i] for i in keep]
+    items = schema.chunk.validate_python(objects)
+    rejected = list(map(is_, items, repeat(_REJECTED)))
+    if not any(rejected):
+        return items, sources
+    good: list[Any] = []
+    kept: list[Record] = []
+    for obj, item, source, bad in zip(objects, items, sources, rejected, strict=True):
+        if not bad:
+            good.append(item)
+            kept.append(source)
+            continue
+        dead.append(DeadLetter(source, "validate", ValidationError.__name__, schema.why(obj)))
+    return good, kept

@@ -9,7 +9,9 @@ from unittest.mock import patch
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from schemas.events import EVENT_RECORDS
 from streams.deadletters import DeadLetterSink
 from streams.decode import Decoded, decode_events, decode_feature_updates
 from streams.metrics import Metrics
@@ -181,3 +183,35 @@ def test_a_chunk_decodes_as_the_careful_record_by_record_path_would(chunk: list[
     with patch("streams.decode._parse_all", return_value=None):
         careful = decode_events(records)
     assert seen(fast) == seen(careful)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(valid_events, hostile), min_size=1, max_size=20))
+def test_a_bad_event_costs_none_of_its_neighbours_and_keeps_the_schemas_reasons(
+    chunk: list[bytes],
+) -> None:
+    """The one-pass chunk validation agrees, record by record, with the plain list schema."""
+    records = [Rec(value, offset=i) for i, value in enumerate(chunk)]
+    decoded = decode_events(records)
+    items = dict(zip((r.offset for r in decoded.records), decoded.items, strict=True))
+    dead = {d.record.offset: d for d in decoded.dead}
+    for record in records:
+        try:
+            obj = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if type(obj) is not dict:
+            continue
+        try:
+            expected = EVENT_RECORDS.validate_python([obj])[0]
+        except ValidationError as exc:
+            letter = dead[record.offset]
+            assert letter.error_class == "ValidationError"
+            for error in exc.errors(include_url=False):
+                field = ".".join(map(str, error["loc"][1:])) or "record"
+                assert f"{field}: {error['msg']}" in letter.message
+        else:
+            if record.offset in items:
+                assert items[record.offset] == expected
+            else:
+                assert dead[record.offset].error_class == "KeyMismatch"
