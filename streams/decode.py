@@ -1,11 +1,13 @@
 """Stage 1: bytes to validated records, a whole fetched chunk at a time.
 
 Each consumed record ends as either a valid event (or feature update) or a
-:class:`DeadLetter` saying why not; nothing here raises for bad input. JSON is
-parsed per record (``orjson``; a record is never glued to its neighbours, so
-one producer cannot smuggle fields into another's record) and the objects are
-validated in one pydantic call per chunk, which marks a bad item instead of
-failing the chunk; only the bad ones are validated again, for their reasons.
+:class:`DeadLetter` saying why not; nothing here raises for bad input. Each
+record is parsed on its own (a record is never glued to its neighbours, so one
+producer cannot smuggle fields into another's record). Events are parsed and
+checked by msgspec, one C pass per record; what it refuses, and feature
+updates, are parsed by orjson and validated by pydantic (the schemas of
+record) in one call per chunk, which marks a bad item instead of failing the
+chunk; only the bad ones are validated again, for their reasons.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from itertools import islice, repeat
 from operator import attrgetter, is_, itemgetter
 from typing import Annotated, Any, Generic, Protocol, TypeVar
 
+import msgspec
 import orjson
 from pydantic import Field, PlainValidator, TypeAdapter, ValidationError
 
 from schemas.deadletter import Stage
 from schemas.events import (
+    FAST_EVENT,
     MAX_PROFILE_FEATURES,
     MAX_RECORD_BYTES,
     EventRecord,
     FeatureUpdate,
+    is_code,
 )
 from streams.errors import EmptyRecord, KeyMismatch, NotAnObject, RecordTooLarge
 from streams.undecodable import UndecodableRecord
@@ -111,30 +116,27 @@ _UPDATES = _Schema(
 
 def decode_events(records: Sequence[Record]) -> Decoded[EventRecord]:
     """Decode and validate events; the key must be the UTF-8 ``entity_id``."""
-    return _decode(records, _EVENTS, _entity_of_dict)
+    dead: list[DeadLetter] = []
+    items, sources = _events(records, dead)
+    return _check_keys(items, sources, dead, _entity_of_dict)
 
 
 def decode_feature_updates(records: Sequence[Record]) -> Decoded[FeatureUpdate]:
     """Decode and validate profile feature updates; the key must be the ``entity_id``."""
-    return _decode(records, _UPDATES, _entity_of_update, max_fields=MAX_PROFILE_FEATURES)
+    dead: list[DeadLetter] = []
+    objects, sources = _parse_each(records, dead, MAX_PROFILE_FEATURES)
+    items, sources = _validate(objects, sources, _UPDATES, dead)
+    return _check_keys(items, sources, dead, _entity_of_update)
 
 
 _entity_of_dict = itemgetter("entity_id")  # of an EventRecord
 _entity_of_update = attrgetter("entity_id")  # of a FeatureUpdate
 
 
-def _decode(
-    records: Sequence[Record],
-    schema: _Schema,
-    entity_of: Any,
-    max_fields: int | None = None,
+def _check_keys(
+    items: list[Any], sources: list[Record], dead: list[DeadLetter], entity_of: Any
 ) -> Decoded[Any]:
-    dead: list[DeadLetter] = []
-    parsed = _parse_all(records, dead) if max_fields is None else None
-    objects, sources = parsed or _parse_each(records, dead, max_fields)
-    items, sources = _validate(objects, sources, schema, dead)
-
-    # The key must be the entity id, so that its partition (and its order) is the entity's.
+    """The key must be the entity id, so that its partition (and its order) is the entity's."""
     entities = list(map(entity_of, items))
     if list(map(_KEY, sources)) == list(map(str.encode, entities)):
         return Decoded(sources, items, dead)
@@ -153,20 +155,13 @@ def _decode(
 
 
 _VALUE, _KEY = attrgetter("value"), attrgetter("key")
-_NOT_JSON = object()  # where a value did not parse
+_CURRENCY, _COUNTRY = itemgetter("currency"), itemgetter("country")
+_REFUSED = object()  # where msgspec refused a value
+_UNTRIED = object()  # where msgspec has not looked yet
 
 
-def _parse_all(
-    records: Sequence[Record], dead: list[DeadLetter]
-) -> tuple[list[Any], list[Record]] | None:
-    """Every record's JSON object, parsed in C-level passes; None if the chunk needs the loop.
-
-    The usual chunk has no bad record, or a few that are not JSON objects: this is
-    the careful loop below without its per-record Python steps, and only the bad
-    records go through that loop (for their dead letters). Rarer doubts (a missing
-    value, a record too large, one the client could not decode) send the whole
-    chunk through it.
-    """
+def _values_in_bounds(records: Sequence[Record]) -> list[bytes] | None:
+    """Every record's value, if none is missing, undecodable or too large (else None)."""
     if not records or UndecodableRecord in set(map(type, records)):
         return None
     values = list(map(_VALUE, records))
@@ -176,29 +171,67 @@ def _parse_all(
         return None
     if longest + max(map(len, filter(None, map(_KEY, records))), default=0) > MAX_RECORD_BYTES:
         return None
-    objects: list[Any] = []
-    while len(objects) < len(values):
-        try:  # extend() keeps what it parsed before a failure: resume after the bad one
-            objects.extend(map(orjson.loads, islice(values, len(objects), None)))
-        except orjson.JSONDecodeError:
-            objects.append(_NOT_JSON)
-    if set(map(type, objects)) == {dict}:
-        return objects, list(records)
+    return values
+
+
+def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any], list[Record]]:
+    """Valid events (with their records, in order); the others dead-lettered.
+
+    An event is valid if msgspec accepts it (``schemas.events.FAST_EVENT``: one C
+    pass per record) or, failing that, if pydantic accepts orjson's parse of it;
+    the second try also gives a refused record its reason. msgspec only skips
+    over fields the schema does not have, where orjson would refuse a number
+    beyond a double's range: such a record is scored. A record's fate never
+    depends on its neighbours.
+    """
+    values = _values_in_bounds(records)
+    items: list[Any] = []
+    if values is None:  # some record is not even worth a parse: sort them out one by one
+        items = [_UNTRIED] * len(records)
+    else:
+        decode = FAST_EVENT.decode
+        while len(items) < len(values):
+            try:  # extend() keeps what it decoded before a failure: resume after the bad one
+                items.extend(map(decode, islice(values, len(items), None)))
+            except msgspec.DecodeError:  # ValidationError is one too
+                items.append(_REFUSED)
+        if _REFUSED not in items:
+            codes = "".join(map(_CURRENCY, items)) + "".join(map(_COUNTRY, items))
+            if codes.isascii() and codes.isalpha() and codes.isupper():  # lengths are checked
+                return items, list(records)
     good: list[Any] = []
     sources: list[Record] = []
-    for record, obj in zip(records, objects, strict=True):
-        if type(obj) is dict:
-            good.append(obj)
+    for record, item in zip(records, items, strict=True):
+        if item is _UNTRIED:
+            item = _decode_one(record)
+        if item is not _REFUSED and is_code(item["currency"]) and is_code(item["country"]):
+            good.append(item)
             sources.append(record)
-        else:
-            _parse_each([record], dead, None)  # says why, as a dead letter
+            continue
+        objects, kept = _parse_each([record], dead, None)
+        valid, kept = _validate(objects, kept, _EVENTS, dead)
+        good.extend(valid)
+        sources.extend(kept)
     return good, sources
+
+
+def _decode_one(record: Record) -> Any:
+    """msgspec's event for one record, or _REFUSED."""
+    value = record.value
+    if type(record) is UndecodableRecord or value is None:
+        return _REFUSED
+    if len(value) + len(record.key or b"") > MAX_RECORD_BYTES:
+        return _REFUSED
+    try:
+        return FAST_EVENT.decode(value)
+    except msgspec.DecodeError:
+        return _REFUSED
 
 
 def _parse_each(
     records: Sequence[Record], dead: list[DeadLetter], max_fields: int | None
 ) -> tuple[list[Any], list[Record]]:
-    """Parse record by record, dead-lettering each one that is not a JSON object in bounds."""
+    """Parse record by record (orjson), dead-lettering each that is not a JSON object in bounds."""
     objects: list[Any] = []
     sources: list[Record] = []
     loads = orjson.loads

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from unittest.mock import patch
 
 import orjson
 from hypothesis import given, settings
@@ -153,6 +152,49 @@ def test_dead_letters_of_hostile_records_keep_their_bytes_and_headers(
         assert dict(message.headers[len(record.headers) :])["dlq.stage"] == letter.stage.encode()
 
 
+# Where msgspec (the fast path) and orjson + pydantic (the careful one) could part ways.
+_NUMBERS = [
+    "0", "-0", "1", "0.5", "1e308", "1e309", "-1e309", "1.0e-400", "18446744073709551616",
+    "1" + "0" * 400, "true", "null", '"1"', "[1]",
+]  # fmt: skip
+_CODES = [
+    '"EUR"', '"DE"', '"eur"', '"\u00c9UR"', '"EU"', '"EURO"', '"E\\nR"', '"EU\\n"',
+    '"\\uff25UR"', '"D\\u0045"', '"\\ud800E"', '""', "1",
+]  # fmt: skip
+_TEXTS = ['"acct-1"', '""', '"\\ud800"', '"\\udc00x"', '"\\u0000"', '"\u00e9"', "1", "null"]
+_FIELD_VALUES = {
+    "event_id": _TEXTS, "entity_id": _TEXTS, "merchant": _TEXTS, "ts": _NUMBERS,
+    "amount": [*_NUMBERS, "-0.5"], "currency": _CODES, "country": _CODES,
+    "channel": ['"web"', '"app"', '"WEB"', '"w\\u0065b"', '""', "0"],
+    "extra": ["1", "NaN", "1e999", '"\\ud800"', "1" * 30, "[" * 600 + "]" * 600, "{}"],
+}  # fmt: skip
+_GOOD_TEXT = {k: orjson.dumps(v).decode() for k, v in EVENT.items()}
+
+
+@st.composite
+def tricky_records(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """An event record with some odd field values, and the same without unknown fields."""
+    fields = list(_GOOD_TEXT.items())
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(sorted(_FIELD_VALUES)))
+        value = draw(st.sampled_from(_FIELD_VALUES[name]))
+        if draw(st.booleans()):  # a duplicated field, before or after the good one
+            fields.insert(draw(st.integers(0, len(fields))), (name, value))
+        else:
+            fields = [(k, value if k == name else v) for k, v in fields] + (
+                [(name, value)] if name == "extra" else []
+            )
+    before, after = draw(st.sampled_from([("", ""), (" ", "\n"), ("\ufeff", ""), ("", " x")]))
+
+    def text(kept: list[tuple[str, str]]) -> bytes:
+        return (before + "{" + ", ".join(f'"{k}": {v}' for k, v in kept) + "}" + after).encode()
+
+    return text(fields), text([(k, v) for k, v in fields if k != "extra"])
+
+
+tricky_events = tricky_records().map(lambda pair: pair[0])
+
+
 valid_events = st.builds(
     event,
     event_id=st.text(min_size=1, max_size=20),
@@ -165,12 +207,13 @@ valid_events = st.builds(
 @given(
     st.lists(valid_events, max_size=20)
     | st.lists(st.one_of(valid_events, hostile), max_size=20)
+    | st.lists(st.one_of(valid_events, tricky_events), max_size=20)
     | st.lists(valid_events, min_size=1, max_size=5).map(
         lambda v: [*v, event(merchant="m" * 70_000)]
     )
 )
-def test_a_chunk_decodes_as_the_careful_record_by_record_path_would(chunk: list[bytes]) -> None:
-    """The all-clean shortcut and the careful loop give the same events and dead letters."""
+def test_a_records_fate_never_depends_on_its_neighbours(chunk: list[bytes]) -> None:
+    """A chunk decodes as its records would one by one (the C-level passes or the loop)."""
     records = [Rec(value, offset=i) for i, value in enumerate(chunk)]
 
     def seen(decoded: Decoded[Any]) -> tuple[list[Any], list[Any]]:
@@ -179,10 +222,38 @@ def test_a_chunk_decodes_as_the_careful_record_by_record_path_would(chunk: list[
             sorted((d.record.offset, d.stage, d.error_class, d.message) for d in decoded.dead),
         )
 
-    fast = decode_events(records)
-    with patch("streams.decode._parse_all", return_value=None):
-        careful = decode_events(records)
-    assert seen(fast) == seen(careful)
+    one_by_one: tuple[list[Any], list[Any]] = ([], [])
+    for record in records:
+        items, dead = seen(decode_events([record]))
+        one_by_one[0].extend(items)
+        one_by_one[1].extend(dead)
+    assert seen(decode_events(records)) == one_by_one
+
+
+def _schema_of_record(value: bytes) -> dict[str, Any] | None:
+    """What orjson and pydantic (the schema of record) make of a value; None if refused."""
+    try:
+        return dict(EVENT_RECORDS.validate_python([orjson.loads(value)])[0])
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
+@settings(max_examples=500, deadline=None)
+@given(tricky_records())
+def test_events_are_what_the_pydantic_schema_accepts(pair: tuple[bytes, bytes]) -> None:
+    """msgspec's shortcut accepts nothing the schema refuses, and refuses nothing it accepts.
+
+    The one leeway: fields the schema does not have are skipped, not parsed, so a
+    number there beyond a double's range (orjson refuses it) does not refuse the event.
+    """
+    value, known_only = pair
+    decoded = decode_events([Rec(value)])
+    expected = _schema_of_record(known_only)
+    if decoded.items:
+        assert decoded.items == [expected]
+    elif decoded.dead[0].error_class != "KeyMismatch":
+        assert _schema_of_record(value) is None
+        assert decoded.dead[0].message
 
 
 @settings(max_examples=200, deadline=None)
