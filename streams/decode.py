@@ -18,7 +18,6 @@ from itertools import islice, repeat
 from operator import attrgetter, is_, itemgetter
 from typing import Annotated, Any, Generic, Protocol, TypeVar
 
-import msgspec
 import orjson
 from pydantic import Field, PlainValidator, TypeAdapter, ValidationError
 
@@ -157,6 +156,9 @@ def _check_keys(
 _VALUE, _KEY = attrgetter("value"), attrgetter("key")
 _CURRENCY, _COUNTRY = itemgetter("currency"), itemgetter("country")
 _REFUSED = object()  # where msgspec refused a value
+#: What msgspec raises for a value: DecodeError (and its ValidationError), UnicodeDecodeError
+#: for a string that is not UTF-8, RecursionError for nesting too deep.
+_REFUSALS = (ValueError, RecursionError)
 _UNTRIED = object()  # where msgspec has not looked yet
 
 
@@ -193,7 +195,7 @@ def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any
         while len(items) < len(values):
             try:  # extend() keeps what it decoded before a failure: resume after the bad one
                 items.extend(map(decode, islice(values, len(items), None)))
-            except msgspec.DecodeError:  # ValidationError is one too
+            except _REFUSALS:
                 items.append(_REFUSED)
         if _REFUSED not in items:
             codes = "".join(map(_CURRENCY, items)) + "".join(map(_COUNTRY, items))
@@ -224,7 +226,7 @@ def _decode_one(record: Record) -> Any:
         return _REFUSED
     try:
         return FAST_EVENT.decode(value)
-    except msgspec.DecodeError:
+    except _REFUSALS:
         return _REFUSED
 
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from models.synthetic import malformed_values
 from schemas.events import EVENT_RECORDS
 from streams.deadletters import DeadLetterSink
 from streams.decode import Decoded, decode_events, decode_feature_updates
@@ -111,6 +112,8 @@ hostile = st.one_of(
     st.just(b'{"amount": Infinity}'),
     st.builds(event, amount=st.floats(allow_nan=False, allow_infinity=False)),
     st.builds(event, entity_id=st.text(max_size=5)),
+    st.builds(lambda raw: event(event_id="@").replace(b"@", raw), st.binary(max_size=4)),
+    st.builds(lambda n: event(x="@").replace(b'"@"', b"[" * n + b"]" * n), st.integers(0, 3000)),
 )
 
 
@@ -286,3 +289,14 @@ def test_a_bad_event_costs_none_of_its_neighbours_and_keeps_the_schemas_reasons(
                 assert items[record.offset] == expected
             else:
                 assert dead[record.offset].error_class == "KeyMismatch"
+
+
+def test_every_kind_of_malformed_event_the_generator_makes_is_a_dead_letter() -> None:
+    values = malformed_values(7, 60)
+    records = [Rec(value, offset=i) for i, value in enumerate(values)]
+    for chunk in (records, records[:1], [*records[1:], Rec(event(), offset=60)]):
+        decoded = decode_events(chunk)
+        assert [r.offset for r in decoded.records] == [r.offset for r in chunk if r.offset == 60]
+        assert sorted(d.record.offset for d in decoded.dead) == sorted(
+            r.offset for r in chunk if r.offset < 60
+        )
