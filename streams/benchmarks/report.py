@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -93,6 +94,52 @@ def _cores(value: float | None) -> str:
     return _NONE if value is None else f"{value:.2f}"
 
 
+def _rounds(results: Results) -> list[str]:
+    """Each round's drain rates side by side, with the medians (and the peer ratio)."""
+    configs = results.options.configs
+    peer = next((k for k in configs[1:] if CONFIGS[k].kind is Kind.QUIX), None)
+    ratio = f" {_name(configs[0])} / {_name(peer)} |" if peer else ""
+    lines = [
+        "",
+        "## Repeated drains",
+        "",
+        f"Every configuration drained its own backlog {results.options.rounds} times, "
+        "alternating (round 1 is the table above). On a shared machine a drain's rate moves "
+        "by a fifth or more from one minute to the next: compare within a round, and the "
+        "medians. events/s (CPU µs/event of the process):",
+        "",
+        "| round | " + " | ".join(_name(k) for k in configs) + " |" + ratio,
+        "|--:|" + "--:|" * (len(configs) + (1 if peer else 0)),
+    ]
+    rates: dict[str, list[float]] = {k: [] for k in configs}
+    ratios: list[float] = []
+    for number in range(1, results.options.rounds + 1):
+        drains = {p.config: p for p in results.drains(number)}
+        cells = []
+        for key in configs:
+            p = drains.get(key)
+            if p is None:
+                cells.append(_NONE)
+                continue
+            rates[key].append(p.rate)
+            cells.append(f"{p.rate:,.0f} ({_us(p.cpu_us_per_event)})")
+        row = f"| {number} | " + " | ".join(cells) + " |"
+        if peer:
+            mine, theirs = drains.get(configs[0]), drains.get(peer)
+            if mine and theirs and theirs.rate:
+                ratios.append(mine.rate / theirs.rate)
+                row += f" {ratios[-1]:.2f}x |"
+            else:
+                row += f" {_NONE} |"
+        lines.append(row)
+    medians = [f"**{statistics.median(v):,.0f}**" if v else _NONE for v in rates.values()]
+    row = "| median | " + " | ".join(medians) + " |"
+    if peer:
+        row += f" **{statistics.median(ratios):.2f}x** |" if ratios else f" {_NONE} |"
+    lines.append(row)
+    return lines
+
+
 def markdown(results: Results, command: str, plots: list[str]) -> str:
     options = results.options
     workload = options.workload
@@ -121,7 +168,7 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
         "| backlog wait p50 / p95 / p99 ms |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for p in (p for p in results.phases if p.kind == "drain"):
+    for p in results.drains():
         startup = _NONE if p.startup_s is None else f"{p.startup_s:.1f}"
         lines.append(
             f"| {_name(p.config)} | **{p.rate:,.0f}** | {p.scored + p.dead + p.other:,} "
@@ -130,6 +177,8 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             f"| {_us(p.cpu_us_per_event)} / {_us(p.broker_cpu_us_per_event)} "
             f"| {_ms(p.latency.p50)} / {_ms(p.latency.p95)} / {_ms(p.latency.p99)} |"
         )
+    if options.rounds > 1:
+        lines += _rounds(results)
     loads = [p for p in results.phases if p.kind == "load"]
     if loads or results.skipped:
         basis = (
@@ -230,7 +279,7 @@ def plot(results: Results, directory: Path, name: str) -> list[Path]:
     pyplot: Any = importlib.import_module("matplotlib.pyplot")
     importlib.import_module("matplotlib.ticker")
     written = []
-    drains = [p for p in results.phases if p.kind == "drain"]
+    drains = results.drains()
     if drains:
         fig, ax = pyplot.subplots(figsize=(8, 1.2 + 0.6 * len(drains)))
         labels = [_name(p.config) for p in reversed(drains)]

@@ -58,6 +58,7 @@ class Options:
     stall_timeout: float = 60.0
     naive_fetch_wait_ms: int = 10
     quix_python: Path = Path(".venv/quix-peer/bin/python")
+    rounds: int = 1  # drains of every configuration, alternating (latency and burst: round 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Phase:
     cpu_us_per_event: float | None = None  # drain: the process's CPU per output, in µs
     broker_cpu_us_per_event: float | None = None  # drain: the broker's CPU per output, in µs
     note: str = ""
+    round: int = 1
 
     @property
     def complete(self) -> bool:
@@ -99,7 +101,12 @@ class Results:
     mean_value_bytes: float = 0.0
 
     def drain(self, config: str) -> Phase | None:
-        return next((p for p in self.phases if p.config == config and p.kind == "drain"), None)
+        """The configuration's drain of round 1."""
+        return next((p for p in self.drains() if p.config == config), None)
+
+    def drains(self, number: int = 1) -> list[Phase]:
+        """The drains of one round."""
+        return [p for p in self.phases if p.kind == "drain" and p.round == number]
 
     def losses(self) -> list[Phase]:
         return [p for p in self.phases if not p.complete]
@@ -121,6 +128,12 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
     try:
         for key in options.configs:
             _run_config(CONFIGS[key], Topics(f"bench-{run_id}-{key}"), launch, results, echo)
+        # Further rounds drain again, alternating configurations, so that a slow spell of a
+        # shared machine shows up as spread rather than as one configuration's figure.
+        for number in range(2, options.rounds + 1):
+            for key in options.configs:
+                topics = Topics(f"bench-{run_id}-{key}-r{number}")
+                _run_config(CONFIGS[key], topics, launch, results, echo, number)
     finally:
         broker.stop()
     return results
@@ -138,8 +151,9 @@ def _rates(options: Options, results: Results, own_peak: float) -> list[float]:
 
 
 def _run_config(
-    config: Config, topics: Topics, launch: Launch, results: Results, echo: Echo
+    config: Config, topics: Topics, launch: Launch, results: Results, echo: Echo, number: int = 1
 ) -> None:
+    """Drain a pre-loaded backlog; in round 1, then the latency loads and the burst."""
     options = results.options
     workload = options.workload
     create_topics(launch.bootstrap, topics, workload.partitions)
@@ -149,7 +163,8 @@ def _run_config(
         publisher.publish(topics.features, source.profiles())
     backlog = source.backlog()
     results.mean_value_bytes = sum(len(r.value) for r in backlog) / max(1, len(backlog))
-    echo(f"[{config.key}] {config.name}: pre-loading {len(backlog):,} records")
+    tag = config.key if number == 1 else f"{config.key} round {number}"
+    echo(f"[{tag}] {config.name}: pre-loading {len(backlog):,} records")
     sent = publisher.publish(topics.events, ((r.key, r.value) for r in backlog))
     sent_ms = {r.event_id: ms for r, ms in zip(backlog, sent, strict=True) if r.event_id}
     malformed = len(backlog) - len(sent_ms)
@@ -170,12 +185,12 @@ def _run_config(
         startup = (drain.first_ms - started_ms) / 1000.0 if drain.outputs else None
         phase = measured.result(
             drain, "drain", None, len(sent_ms) + malformed, startup=startup,
-            cpu_per_event=_cpu_per_event(trace, drain),
+            cpu_per_event=_cpu_per_event(trace, drain), number=number,
         )  # fmt: skip
         results.phases.append(phase)
-        echo(f"[{config.key}] drained {phase.records:,} records: {phase.rate:,.0f}/s, "
+        echo(f"[{tag}] drained {phase.records:,} records: {phase.rate:,.0f}/s, "
              f"peak RSS {phase.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
-        if not phase.complete:
+        if not phase.complete or number > 1:
             return  # a configuration that loses events is not measured further
         for rate in _rates(options, results, phase.rate):
             if rate > phase.rate:
@@ -313,6 +328,7 @@ class _Measured:
         achieved: float | None = None,
         cpu: tuple[float, float] | None = None,
         cpu_per_event: tuple[float | None, float | None] = (None, None),
+        number: int = 1,
     ) -> Phase:
         return Phase(
             config=self.config.key,
@@ -335,4 +351,5 @@ class _Measured:
             process_cpu=None if cpu is None else cpu[1],
             cpu_us_per_event=cpu_per_event[0],
             broker_cpu_us_per_event=cpu_per_event[1],
+            round=number,
         )

@@ -132,6 +132,13 @@ def _default_quix_python() -> Path:
     show_default=True,
     help="Directory for results-NAME.md/.json and the plots.",
 )
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    help="Drains of every configuration, alternating; the report gives each round and the "
+    "medians (latency loads and the burst run in round 1 only).",
+)
 @click.option("--name", default="local", show_default=True, help="Names the result files.")
 def bench(
     n_events: int,
@@ -150,6 +157,7 @@ def bench(
     naive_fetch_wait_ms: int,
     quix_python: Path | None,
     output: Path,
+    rounds: int,
     name: str,
 ) -> None:
     """Measure throughput, latency and memory of streamscore and its peers on one broker."""
@@ -157,8 +165,8 @@ def bench(
     unknown = [k for k in configs if k not in CONFIGS]
     if not configs or unknown or len(set(configs)) != len(configs):
         fail(f"--configs {config_keys!r}: name each of a, b, c, d at most once", EXIT_USAGE)
-    if n_events < 1 or keys < 1 or partitions < 1 or payload_bytes < 0:
-        fail("--events, --keys and --partitions must be positive", EXIT_USAGE)
+    if n_events < 1 or keys < 1 or partitions < 1 or payload_bytes < 0 or rounds < 1:
+        fail("--events, --keys, --partitions and --rounds must be positive", EXIT_USAGE)
     if not 0 <= malformed_share < 1 or latency_seconds <= 0 or burst < 0 or timeout <= 0:
         fail("--malformed-share must be in [0, 1); --latency-seconds and --timeout "
              "positive; --burst not negative", EXIT_USAGE)  # fmt: skip
@@ -183,6 +191,7 @@ def bench(
         stall_timeout=timeout,
         naive_fetch_wait_ms=naive_fetch_wait_ms,
         quix_python=quix,
+        rounds=rounds,
     )
     command = _command_line(click.get_current_context())
     workdir = Path(tempfile.mkdtemp(prefix="streamscore-bench-"))

@@ -29,14 +29,17 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
         ["bench", "--events", "2000", "--keys", "200", "--partitions", "4",
          "--malformed-share", "0.01", "--configs", "a,b", "--latency-loads", "0.1",
          "--latency-seconds", "1.5", "--burst", "0.25", "--output", str(tmp_path),
-         "--name", "t"],
+         "--name", "t", "--rounds", "2"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
 
     report = orjson.loads((tmp_path / "results-t.json").read_bytes())
     phases = report["phases"]
-    drains = {p["config"]: p for p in phases if p["kind"] == "drain"}
+    drains = {p["config"]: p for p in phases if p["kind"] == "drain" and p["round"] == 1}
     assert set(drains) == {"a", "b"}
+    again = [p for p in phases if p["round"] == 2]
+    assert sorted((p["config"], p["kind"]) for p in again) == [("a", "drain"), ("b", "drain")]
+    assert all(p["records"] == 2000 and p["missing"] == 0 and p["rate"] > 0 for p in again)
     for drain in drains.values():
         assert drain["records"] == 2000
         assert drain["missing"] == 0
@@ -61,6 +64,8 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     text = (tmp_path / "results-t.md").read_text()
     assert "| (a) streamscore |" in text
     assert "| (b) streamscore batch=1 |" in text
+    assert "## Repeated drains" in text
+    assert "| median |" in text
     assert "streamscore bench --events 2000" in text  # the command that repeats the run
     assert text in result.output  # the same table is printed
 

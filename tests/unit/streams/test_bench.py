@@ -140,3 +140,19 @@ def test_cpu_trace_sees_the_cpu_a_process_uses() -> None:
     used = trace.seconds("self", first, last)
     assert used is not None
     assert used >= 0.2
+
+
+def test_repeated_drains_are_reported_per_round_with_medians_and_the_peer_ratio() -> None:
+    options = Options(Workload(100, 10, 2), configs=("a", "d"), latency_loads=(), rounds=3)
+    results = Results(options)
+    for i, (mine, peer) in enumerate([(20_000, 50_000), (30_000, 40_000), (25_000, 60_000)]):
+        results.phases += [
+            _phase("a", "drain", rate=float(mine), round=i + 1, cpu_us_per_event=30.0),
+            _phase("d", "drain", rate=float(peer), round=i + 1),
+        ]
+    text = markdown(results, "streamscore bench --rounds 3", [])
+    assert "| round | (a) streamscore | (d) Quix bare (no model) |" in text
+    assert "| 2 | 30,000 (30.0) | 40,000 (-) | 0.75x |" in text
+    assert "| median | **25,000** | **50,000** | **0.42x** |" in text  # of 0.40, 0.75, 0.42
+    assert text.count("| (a) streamscore | **") == 1  # the main table: round 1 only
+    assert "| (a) streamscore | **20,000** |" in text
