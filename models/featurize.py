@@ -18,6 +18,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -55,21 +56,24 @@ _AGGREGATE = struct.Struct("<qddq")
 _SECONDS_PER_DAY = 86_400.0
 
 
-@dataclass(frozen=True, slots=True)
-class Aggregate:
-    """Online history of one entity, as kept in the aggregates table."""
+class Aggregate(NamedTuple):
+    """Online history of one entity, as kept in the aggregates table.
 
-    count: int
+    A tuple: one is read and one written per entity per chunk, and tuples are
+    the cheapest objects to make and take apart.
+    """
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count, unused here
     mean_amount: float
     last_ts: float
     last_offset: int
 
     def pack(self) -> bytes:
-        return _AGGREGATE.pack(self.count, self.mean_amount, self.last_ts, self.last_offset)
+        return _AGGREGATE.pack(*self)
 
     @classmethod
     def unpack(cls, data: bytes) -> Aggregate:
-        return cls(*_AGGREGATE.unpack(data))
+        return cls._make(_AGGREGATE.unpack(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,43 +136,39 @@ def roll(
     # Plain lists per entity ([count, mean, last_ts, last_offset]) while walking: an
     # Aggregate per event would cost more than the arithmetic.
     state: dict[str, list[float] | None] = {
-        entity: None if agg is None else [agg.count, agg.mean_amount, agg.last_ts, agg.last_offset]
-        for entity, agg in start.items()
+        entity: None if agg is None else list(agg) for entity, agg in start.items()
     }
-    changed: set[str] = set()
     count: list[float] = []
     mean: list[float] = []
     since: list[float] = []
+    count_add, mean_add, since_add = count.append, mean.append, since.append
     nan = math.nan
     for entity, amount, ts, offset in zip(entities, amounts, timestamps, offsets, strict=True):
         agg = state.get(entity)
         if agg is None:
-            count.append(0.0)
-            mean.append(nan)
-            since.append(nan)
+            count_add(0.0)
+            mean_add(nan)
+            since_add(nan)
             state[entity] = [1, amount, ts, offset]
-            changed.add(entity)
             continue
         n, avg, last_ts, last_offset = agg
-        count.append(float(n))
-        mean.append(avg)
+        count_add(float(n))
+        mean_add(avg)
         if offset <= last_offset:
             # A redelivery: its history already counts it, so the time since "the previous"
             # event is unknown rather than 0 (which would look like a burst). The state is
             # written again all the same: after a crash the local store can be ahead of the
             # changelog, and this is how the changelog catches up.
-            since.append(nan)
-            changed.add(entity)
+            since_add(nan)
             continue
-        since.append(max(0.0, ts - last_ts))
+        since_add(max(0.0, ts - last_ts))
         n += 1
         agg[0] = n
         agg[1] = avg + (amount - avg) / n
         agg[2] = max(ts, last_ts)
         agg[3] = offset
-        changed.add(entity)
     final = {}
-    for entity in changed:
+    for entity in dict.fromkeys(entities):  # every entity of the chunk, in order of appearance
         n, avg, last_ts, last_offset = state[entity]  # type: ignore[misc]
         final[entity] = Aggregate(int(n), avg, last_ts, int(last_offset))
     return History(count, mean, since, final)

@@ -181,10 +181,11 @@ def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any
 
     An event is valid if msgspec accepts it (``schemas.events.FAST_EVENT``: one C
     pass per record) or, failing that, if pydantic accepts orjson's parse of it;
-    the second try also gives a refused record its reason. msgspec only skips
-    over fields the schema does not have, where orjson would refuse a number
-    beyond a double's range: such a record is scored. A record's fate never
-    depends on its neighbours.
+    the second try also gives a refused record its reason. msgspec skips over
+    fields the schema does not have without checking them: their UTF-8 is
+    checked here, and a number there beyond a double's range (which orjson
+    refuses) does not refuse the event, whose unknown fields are ignored. A
+    record's fate never depends on its neighbours.
     """
     values = _values_in_bounds(records)
     items: list[Any] = []
@@ -197,7 +198,7 @@ def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any
                 items.extend(map(decode, islice(values, len(items), None)))
             except _REFUSALS:
                 items.append(_REFUSED)
-        if _REFUSED not in items:
+        if _REFUSED not in items and _all_utf8(values):
             codes = "".join(map(_CURRENCY, items)) + "".join(map(_COUNTRY, items))
             if codes.isascii() and codes.isalpha() and codes.isupper():  # lengths are checked
                 return items, list(records)
@@ -206,7 +207,12 @@ def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any
     for record, item in zip(records, items, strict=True):
         if item is _UNTRIED:
             item = _decode_one(record)
-        if item is not _REFUSED and is_code(item["currency"]) and is_code(item["country"]):
+        if (
+            item is not _REFUSED
+            and is_code(item["currency"])
+            and is_code(item["country"])
+            and _all_utf8([record.value or b""])
+        ):
             good.append(item)
             sources.append(record)
             continue
@@ -215,6 +221,19 @@ def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any
         good.extend(valid)
         sources.extend(kept)
     return good, sources
+
+
+def _all_utf8(values: list[bytes]) -> bool:
+    """Whether every value is UTF-8 (msgspec skips unknown fields without checking that).
+
+    One C call over the chunk: values msgspec accepted begin and end with ASCII
+    (braces, whitespace), so no two can join into a character neither holds.
+    """
+    try:
+        b"".join(values).decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _decode_one(record: Record) -> Any:

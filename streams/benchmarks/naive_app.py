@@ -21,7 +21,6 @@ keeps Faust's 1500).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -152,7 +151,7 @@ async def score(stream: Any) -> None:
             [entity], [record.amount], [record.ts], [message.offset],
             {entity: None if stored is None else Aggregate(**stored)},
         )  # fmt: skip
-        history[entity] = dataclasses.asdict(rolled.final[entity])
+        history[entity] = rolled.final[entity]._asdict()
         raw = featurize(
             [record.amount], [record.ts], [record.channel], [record.country],
             [record.currency], [profiles.get(entity)], rolled,

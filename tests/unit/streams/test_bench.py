@@ -7,13 +7,17 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
+from models.featurize import NUMERIC_FEATURES
+from streams.benchmarks import stage_probe
 from streams.benchmarks.measure import CpuTrace, Percentiles, PhaseOutput, RssMonitor, _event_id
 from streams.benchmarks.preload import InputStream, Workload
 from streams.benchmarks.report import markdown
 from streams.benchmarks.runner import Options, Phase, Results
+from streams.decode import decode_events
 
 
 def test_backlog_mixes_the_malformed_share_into_the_events() -> None:
@@ -156,3 +160,18 @@ def test_repeated_drains_are_reported_per_round_with_medians_and_the_peer_ratio(
     assert "| median | **25,000** | **50,000** | **0.42x** |" in text  # of 0.40, 0.75, 0.42
     assert text.count("| (a) streamscore | **") == 1  # the main table: round 1 only
     assert "| (a) streamscore | **20,000** |" in text
+
+
+def test_stage_probe_feeds_the_stages_the_bench_input_with_its_malformed_share() -> None:
+    records = stage_probe.chunk(400, 0.01)
+    assert len(records) == 400
+    decoded = decode_events(records)
+    assert (len(decoded.items), len(decoded.dead)) == (396, 4)
+    assert 0 < stage_probe.microseconds_per_record(records, repeats=2, loops=1) < 1e4
+
+    prepared = stage_probe.feature_stage().prepare(decoded.records, decoded.items)
+    assert len(prepared.raw) == 396
+    assert not prepared.failed
+    profile_column = NUMERIC_FEATURES.index("account_age_days_log")
+    missing = np.isnan(prepared.raw.numeric[:, profile_column]).mean()
+    assert missing < 0.5  # profiles are found (a lookup in the wrong partition finds none)
