@@ -238,13 +238,11 @@ def _all_utf8(values: list[bytes]) -> bool:
 
 def _decode_one(record: Record) -> Any:
     """msgspec's event for one record, or _REFUSED."""
-    value = record.value
-    if type(record) is UndecodableRecord or value is None:
-        return _REFUSED
-    if len(value) + len(record.key or b"") > MAX_RECORD_BYTES:
+    values = _values_in_bounds([record])
+    if values is None:
         return _REFUSED
     try:
-        return FAST_EVENT.decode(value)
+        return FAST_EVENT.decode(values[0])
     except _REFUSALS:
         return _REFUSED
 
