@@ -126,13 +126,12 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
                     broker.process.pid if broker.process else None)  # fmt: skip
     run_id = uuid.uuid4().hex[:6]
     try:
-        for key in options.configs:
-            _run_config(CONFIGS[key], Topics(f"bench-{run_id}-{key}"), launch, results, echo)
-        # Further rounds drain again, alternating configurations, so that a slow spell of a
-        # shared machine shows up as spread rather than as one configuration's figure.
-        for number in range(2, options.rounds + 1):
+        # Rounds after the first drain again, alternating configurations, so that a slow
+        # spell of a shared machine shows up as spread rather than as one configuration's figure.
+        for number in range(1, options.rounds + 1):
             for key in options.configs:
-                topics = Topics(f"bench-{run_id}-{key}-r{number}")
+                suffix = "" if number == 1 else f"-r{number}"
+                topics = Topics(f"bench-{run_id}-{key}{suffix}")
                 _run_config(CONFIGS[key], topics, launch, results, echo, number)
     finally:
         broker.stop()
