@@ -16,6 +16,7 @@ from models.registry import resolve
 from schemas import deadletter
 from streams.harness import metric_value
 from tests.integration.conftest import Deployment, event_record
+from tests.nan_model import nan_artifact
 
 POISON_AMOUNT = 50_000.0
 
@@ -81,20 +82,6 @@ def test_poison_events_are_isolated_and_their_batch_neighbours_scored(
     assert len(published) == 600
 
 
-def broken_artifact(directory: Path) -> Path:
-    """A primary that answers NaN for every event: two saturated units cancel to inf - inf."""
-    spec = load_artifact(resolve(None)).preprocessor.spec
-    module = FraudMLP(spec.width, hidden=(2,))
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.zero_()
-        module.net[0].bias[:] = 3e38
-        module.net[2].weight[0] = torch.tensor([10.0, -10.0])
-    return save_artifact(
-        directory, name="broken", version="1", model=module, spec=spec, metrics={"auc": 0.5}
-    )
-
-
 def plain_events(n: int, prefix: str) -> list[dict[str, object]]:
     return [
         {"event_id": f"{prefix}-{i}", "entity_id": f"acct-{i % 30}", "ts": 1_763_769_600.0 + i,
@@ -109,7 +96,7 @@ def test_a_broken_primary_opens_the_breaker_and_the_fallback_scores_degraded(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     worker = deployment.worker(
-        STREAMSCORE_MODEL=str(broken_artifact(tmp_path / "broken")),
+        STREAMSCORE_MODEL=str(nan_artifact(tmp_path / "broken", "broken")),
         STREAMSCORE_BREAKER_FAILURES="2",
         STREAMSCORE_BREAKER_COOLDOWN_MS="600000",
     )

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import MANIFEST, load_artifact, packaged_artifacts_dir, save_artifact
+from models.artifact import MANIFEST, load_artifact, packaged_artifacts_dir
 from models.errors import ArtifactError
-from models.fraud_mlp import FraudMLP
 from models.registry import add_artifact, list_models, register_artifact, resolve, resolve_ref
 from models.smoke import SMOKE_ROWS, check_smoke, smoke_features
+from tests.nan_model import nan_artifact
 
 
 def _copy(source: Path, target: Path, **changes: Any) -> Path:
@@ -201,22 +201,8 @@ def test_a_spec_naming_an_unknown_feature_is_refused(artifact: Path, registry: P
     assert _traces(registry) == []
 
 
-def _nan_artifact(directory: Path) -> Path:
-    """Finite weights whose scores are NaN: 3e38 * 10 overflows to inf, and inf - inf is NaN."""
-    spec = load_artifact(resolve(None)).preprocessor.spec
-    module = FraudMLP(spec.width, hidden=(2,))
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.zero_()
-        module.net[0].bias[:] = 3e38
-        module.net[2].weight[0] = torch.tensor([10.0, -10.0])
-    return save_artifact(
-        directory, name="fraud-nan", version="1", model=module, spec=spec, metrics={}
-    )
-
-
 def test_non_finite_smoke_scores_are_refused(registry: Path, tmp_path: Path) -> None:
-    broken = _nan_artifact(tmp_path / "nan")
+    broken = nan_artifact(tmp_path / "nan", "fraud-nan")
     assert np.isnan(load_artifact(broken).predict(smoke_features())).all()
     with pytest.raises(
         ArtifactError, match=rf"fraud-nan:1: {SMOKE_ROWS} of {SMOKE_ROWS} scores .* not finite"
