@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from time import monotonic
 from typing import Any, NamedTuple, Protocol, cast
@@ -60,6 +61,7 @@ class Chunk(NamedTuple):
 
     parts: Sequence[tuple[TP, Sequence[Any]]]  # (partition, aiokafka ConsumerRecords)
     epoch: int  # the flow's intake epoch when fetched
+    fetched_at: float = 0.0  # wall clock when the fetch was handed over (processing latency)
 
 
 Sink = Callable[[Chunk], Awaitable[None]]
@@ -255,7 +257,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         epoch = flow.intake_epoch if flow is not None else 0
         inbound = self.app.monitor.stream_inbound_time
         chunks: dict[str, list[tuple[TP, Sequence[Any]]]] = {}
-        now = monotonic()
+        now, fetched_at = monotonic(), time.time()
         for tp, batch in records.items():
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 continue
@@ -270,7 +272,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 return
             sink = self._sinks[topic]
-            await self.wait_first(sink(Chunk(parts, epoch)), self.suspend_flow.wait())
+            await self.wait_first(sink(Chunk(parts, epoch, fetched_at)), self.suspend_flow.wait())
 
     async def _deliver_per_message(self, tp: TP, batch: list[Any]) -> None:
         """Faust's own per-message delivery (read offsets, gaps, callback)."""

@@ -1,9 +1,9 @@
 """The contract's Prometheus metrics, created on an injected registry.
 
 ``Metrics.create(registry)`` gives each test its own ``CollectorRegistry``.
-End-to-end latency is observed once per event, so it is a
-:class:`BulkHistogram` that takes a whole numpy array per call (one
-``searchsorted`` instead of thousands of locked ``observe`` calls); it is
+End-to-end and processing latency are observed once per event, so each is a
+:class:`BulkHistogram`, which takes a whole numpy array per call (one
+``searchsorted`` instead of thousands of locked ``observe`` calls) and is
 exposed in the standard histogram format.
 """
 
@@ -53,13 +53,19 @@ class BulkHistogram(Collector):
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+    def observe_many(
+        self, values: npt.NDArray[np.float64], weights: npt.NDArray[np.int64] | None = None
+    ) -> None:
+        """Observe every value once, or ``weights[i]`` times (a run of equal observations)."""
         if not len(values):
             return
-        counts = np.bincount(
-            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
-        )
-        total = float(values.sum())
+        index = np.searchsorted(self._bounds, values, side="left")
+        if weights is None:
+            counts = np.bincount(index, minlength=len(self._counts))
+            total = float(values.sum())
+        else:
+            counts = np.bincount(index, weights, minlength=len(self._counts)).astype(np.int64)
+            total = float(values @ weights)
         with self._lock:
             self._counts += counts
             self._sum += total
@@ -92,6 +98,7 @@ class Metrics:
     batch_wait: Histogram
     model_latency: Histogram
     end_to_end: BulkHistogram
+    processing: BulkHistogram
     in_flight: Gauge
     paused_partitions: Gauge
     model_info: Gauge
@@ -138,6 +145,12 @@ class Metrics:
             end_to_end=BulkHistogram(
                 "streamscore_end_to_end_latency_seconds",
                 "Record timestamp to score acknowledged by the broker.",
+                LATENCY_BUCKETS, registry,
+            ),
+            processing=BulkHistogram(
+                "streamscore_processing_latency_seconds",
+                "The worker's share of end-to-end latency: from the fetch that brought an event"
+                " to its score handed to the producer (decode, features, batch wait, model).",
                 LATENCY_BUCKETS, registry,
             ),
             in_flight=Gauge(

@@ -61,6 +61,7 @@ class ScoringPart:
     raw: RawFeatures
     state: asyncio.Future[None]  # resolved when the chunk's history writes are durable
     generation: int
+    fetched_at: float  # wall clock when the chunk was fetched
 
     def __len__(self) -> int:
         return len(self.records)
@@ -68,11 +69,12 @@ class ScoringPart:
     def split(self, n: int) -> tuple[Self, Self]:
         cls = type(self)
         head = cls(
-            self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation
-        )
+            self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation,
+            self.fetched_at,
+        )  # fmt: skip
         tail = cls(
             self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
-            self.generation,
+            self.generation, self.fetched_at,
         )  # fmt: skip
         return head, tail
 
@@ -193,7 +195,9 @@ class ScoringPipeline:
             kept_records = [decoded.records[i] for i in prepared.keep]
             kept_events = [decoded.items[i] for i in prepared.keep]
         oldest = min(record.timestamp or 0 for record in kept_records) / 1000.0
-        part = ScoringPart(kept_records, kept_events, prepared.raw, state, generation)
+        part = ScoringPart(
+            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at
+        )
         await self.batcher.put(part, age=time.time() - oldest if oldest else 0.0)
 
     def _write_state(self, changelog: list[Outgoing], source_topic: str) -> asyncio.Future[None]:
@@ -313,8 +317,10 @@ class ScoringPipeline:
         encoders = [p.encoder if p is not None else None for p in producers]
         routes = outcome.route.tolist()
         scores = outcome.scores.tolist()
+        scored_per_part: list[int] = []
         row = 0
         for part in parts:
+            before = len(sources)
             for record, event in zip(part.records, part.events, strict=True):
                 route = routes[row]
                 if route == Route.FAILED:
@@ -332,6 +338,7 @@ class ScoringPipeline:
                 timestamps.append(record.timestamp or 0)
                 counts[route] += 1
                 row += 1
+            scored_per_part.append(len(sources) - before)
         states = list({id(part.state): part.state for part in parts}.values())
         if dead:
             self._send_dead_letters(dead, generation, states)
@@ -361,6 +368,10 @@ class ScoringPipeline:
 
         routing = _record_sources(sources) if self._per_source else None
         self.emitter.send(messages, delivered, source=routing)
+        fetched = np.fromiter((part.fetched_at for part in parts), np.float64, len(parts))
+        self.metrics.processing.observe_many(
+            scored_ts - fetched, np.asarray(scored_per_part, dtype=np.int64)
+        )
 
     # -- the shadow ------------------------------------------------------------------------
     def _shadow(

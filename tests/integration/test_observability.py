@@ -148,6 +148,8 @@ def test_prometheus_sees_what_the_worker_did_through_the_recording_rules(
     p99 = only(prometheus.until("streamscore:end_to_end_latency_seconds:p99_1m", bool))
     assert 0 < p50 <= p99 <= 60
     assert not math.isnan(p99)
+    worker_p99 = only(prometheus.until("streamscore:processing_latency_seconds:p99_1m", bool))
+    assert 0 < worker_p99 <= p99  # the worker's share of the end-to-end time
     assert only(prometheus.query("streamscore:batch_size:mean1m")) > 0
 
 

@@ -10,10 +10,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from models.featurize import NUMERIC_FEATURES
 from streams.benchmarks import stage_probe
-from streams.benchmarks.measure import CpuTrace, Percentiles, PhaseOutput, RssMonitor, _event_id
+from streams.benchmarks.measure import (
+    CpuTrace,
+    Percentiles,
+    PhaseOutput,
+    RssMonitor,
+    _event_id,
+    bucket_percentiles,
+    histogram_buckets,
+)
 from streams.benchmarks.preload import InputStream, Workload
 from streams.benchmarks.report import markdown
 from streams.benchmarks.runner import Options, Phase, Results
@@ -77,6 +86,27 @@ def test_percentiles_are_ordered_and_nan_when_empty() -> None:
     p = Percentiles.of(values)
     assert p.p50 <= p.p95 <= p.p99 <= p.max == 1000.0
     assert math.isnan(Percentiles.of([]).p50)
+
+
+def test_percentiles_from_histogram_buckets_between_two_readings() -> None:
+    """As Prometheus's histogram_quantile over the difference of two scrapes."""
+    registry = CollectorRegistry()
+    histogram = Histogram("h_seconds", "h", buckets=(0.01, 0.02, 0.05), registry=registry)
+    for value in (0.5, 0.5):  # before the phase: must not count
+        histogram.observe(value)
+    before = histogram_buckets(generate_latest(registry).decode(), "h_seconds")
+    for value in [0.005] * 50 + [0.015] * 40 + [0.03] * 10:
+        histogram.observe(value)
+    after = histogram_buckets(generate_latest(registry).decode(), "h_seconds")
+    assert after == {0.01: 50.0, 0.02: 90.0, 0.05: 100.0, math.inf: 102.0}
+
+    got = bucket_percentiles(after, before)
+    assert got.p50 == pytest.approx(10.0)  # the 50th of 100 is the last of the first bucket
+    assert got.p95 == pytest.approx(20.0 + 30.0 * 5 / 10)  # halfway through (20, 50] ms
+    assert got.p99 == pytest.approx(20.0 + 30.0 * 9 / 10)
+    assert math.isnan(got.max)
+    assert bucket_percentiles(after).p99 == 50.0  # beyond the last bound: that bound
+    assert math.isnan(bucket_percentiles(before, before).p50)  # nothing observed between
 
 
 def test_rss_monitor_reads_the_kernels_peak_and_resets_it() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from streams.metrics import LATENCY_BUCKETS, BulkHistogram, Metrics
@@ -33,6 +34,24 @@ def test_bulk_histogram_matches_the_standard_one() -> None:
         assert abs(got[key] - want[key]) < 1e-9, key
 
 
+def test_weighted_observations_count_each_value_that_many_times() -> None:
+    registry = CollectorRegistry()
+    bulk = BulkHistogram("w_seconds", "w", LATENCY_BUCKETS, registry)
+    values = np.asarray([0.004, LATENCY_BUCKETS[4], 0.2, 7.0])
+    weights = np.asarray([3, 0, 2, 1], dtype=np.int64)
+    bulk.observe_many(values, weights)
+    samples = {
+        (s.name, s.labels.get("le", "")): s.value for m in registry.collect() for s in m.samples
+    }
+    assert samples[("w_seconds_count", "")] == 6
+    assert samples[("w_seconds_sum", "")] == pytest.approx(3 * 0.004 + 2 * 0.2 + 7.0)
+    assert samples[("w_seconds_bucket", "0.005")] == 3
+    assert samples[("w_seconds_bucket", "0.01")] == 3  # the weight-0 value on its bound: none
+    assert samples[("w_seconds_bucket", "0.2")] == 5
+    assert samples[("w_seconds_bucket", "5.0")] == 5
+    assert samples[("w_seconds_bucket", "+Inf")] == 6
+
+
 def test_every_contract_metric_is_exported_from_the_start() -> None:
     metrics = Metrics.create()
     text = generate_latest(metrics.registry).decode()
@@ -46,6 +65,7 @@ def test_every_contract_metric_is_exported_from_the_start() -> None:
         "streamscore_batch_wait_seconds_bucket",
         "streamscore_model_latency_seconds_bucket",
         "streamscore_end_to_end_latency_seconds_bucket",
+        "streamscore_processing_latency_seconds_bucket",
         "streamscore_in_flight 0.0",
         "streamscore_paused_partitions 0.0",
     ):
