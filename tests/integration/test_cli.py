@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from models.artifact import packaged_artifacts_dir
+from models.artifact import load_artifact, packaged_artifacts_dir
+from models.synthetic import SyntheticWorld
+from models.train import build_features
 
 COMMAND = [sys.executable, "-m", "streams"]
 
@@ -57,17 +60,32 @@ def test_broker_on_a_taken_port_fails_with_a_reason() -> None:
     assert "could not start" in result.stderr
 
 
-def test_train_regenerates_the_packaged_model_bit_for_bit(tmp_path: Path) -> None:
-    out = tmp_path / "fraud-mlp-1"
-    result = subprocess.run(
-        [*COMMAND, "train", "--version", "1", "--seed", "7", "--output", str(out)],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    assert "AUC 0.9" in result.stdout
-    packaged = json.loads(
-        (packaged_artifacts_dir() / "fraud-mlp" / "1" / "manifest.json").read_text()
-    )
-    trained = json.loads((out / "manifest.json").read_text())
-    assert trained["sha256"] == packaged["sha256"]
-    assert trained["input_spec"] == packaged["input_spec"]
-    assert trained["metrics"]["auc"] > 0.9
+def test_train_is_deterministic_and_regenerates_the_packaged_model(tmp_path: Path) -> None:
+    """Same seed, same bytes; and the packaged default is what the training recipe makes.
+
+    Across CPUs the last bits may differ (vectorised kernels, AVX-512 against
+    AVX2, round differently), so the packaged model is compared by what it
+    does: the same input spec and, on events neither has seen, scores within
+    0.01 of each other (measured: within 0.0005 on another CPU, while another
+    seed differs by up to 0.45).
+    """
+    outs = [tmp_path / f"fraud-mlp-{i}" for i in range(2)]
+    for out in outs:
+        result = subprocess.run(
+            [*COMMAND, "train", "--version", "1", "--seed", "7", "--output", str(out)],
+            capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        assert "AUC 0.9" in result.stdout
+    first, second = (json.loads((out / "manifest.json").read_text()) for out in outs)
+    assert first["sha256"] == second["sha256"]
+    assert (outs[0] / first["weights"]).read_bytes() == (outs[1] / second["weights"]).read_bytes()
+
+    packaged_dir = packaged_artifacts_dir() / "fraud-mlp" / "1"
+    packaged = json.loads((packaged_dir / "manifest.json").read_text())
+    assert first["input_spec"] == packaged["input_spec"]
+    assert first["metrics"]["auc"] == pytest.approx(packaged["metrics"]["auc"], abs=0.001)
+    world = SyntheticWorld(101, n_entities=500)
+    events = [labeled.event for labeled in world.events(5_000)]
+    raw = build_features(events, world.feature_table())
+    ours, theirs = load_artifact(outs[0]).predict(raw), load_artifact(packaged_dir).predict(raw)
+    assert float(np.abs(ours - theirs).max()) < 0.01
