@@ -9,6 +9,8 @@ the same pre-loaded input from the same broker:
   Faust tables, one model call and one ``await send()`` per event.
 - **d** Quix Streams consuming and producing each record as bytes
   (:mod:`streams.benchmarks.quix_peer`): no model; the framework's floor.
+- **e** a bare confluent-kafka loop doing the same (:mod:`streams.benchmarks.bare_peer`):
+  no framework; the floor of the client and the broker.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Kind(Enum):
     STREAMSCORE = "streamscore"
     NAIVE_FAUST = "naive-faust"
     QUIX = "quix"
+    BARE = "bare"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,18 @@ class Config:
         return self.kind is Kind.STREAMSCORE
 
     @property
+    def scores(self) -> bool:
+        """Whether it scores events (the peers without a model only pass records on)."""
+        return self.kind in (Kind.STREAMSCORE, Kind.NAIVE_FAUST)
+
+    @property
     def reads_features(self) -> bool:
-        return self.kind is not Kind.QUIX
+        return self.scores
 
     @property
     def dead_letters(self) -> bool:
         """Malformed records go to the DLQ (otherwise: passed through to the output)."""
-        return self.kind is not Kind.QUIX
+        return self.scores
 
 
 _STREAMSCORE_LATENCY = (
@@ -87,6 +95,13 @@ CONFIGS: dict[str, Config] = {
         "(streams/benchmarks/quix_peer.py)",
         "event record timestamp to output record timestamp (set to the time Quix processed "
         "the record, just before it produces it)",
+    ),
+    "e": Config(
+        "e", "bare confluent-kafka (no framework)", Kind.BARE,
+        "a hand-written confluent-kafka loop: consume -> produce of the raw bytes, commit "
+        "every second after a flush; no framework, no model (streams/benchmarks/bare_peer.py)",
+        "event record timestamp to output record timestamp (set when the loop produces it): "
+        "the broker's hop and the client's fetch, nothing else",
     ),
 }  # fmt: skip
 
@@ -135,6 +150,12 @@ def start(config: Config, topics: Topics, launch: Launch) -> CommandProcess:
             str(launch.quix_python), str(Path(quix_peer.__file__)),
             "--broker", launch.bootstrap, "--input", topics.events, "--output", topics.scores,
             "--group", topics.group, "--state-dir", str(launch.workdir / f"{topics.prefix}-state"),
+        ]  # fmt: skip
+        return CommandProcess(argv, {}, log).start()
+    if config.kind is Kind.BARE:
+        argv = [
+            sys.executable, "-m", "streams.benchmarks.bare_peer", "--broker", launch.bootstrap,
+            "--input", topics.events, "--output", topics.scores, "--group", topics.group,
         ]  # fmt: skip
         return CommandProcess(argv, {}, log).start()
     env = {

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from streams.benchmarks.configs import CONFIGS, Kind
-from streams.benchmarks.runner import Phase, Results
+from streams.benchmarks.runner import WARM_UP_S, Phase, Results
 
 _MIB = 2**20
 _NONE = "-"  # a cell with nothing measured
@@ -82,10 +82,11 @@ def _name(key: str) -> str:
 
 
 def _load_row(p: Phase) -> str:
+    worker = _NONE if p.in_worker is None else f"{_ms(p.in_worker.p50)} / {_ms(p.in_worker.p99)}"
     return (
         f"| {_name(p.config)} | {p.offered_rate or 0:,.0f} | {p.rate:,.0f} | {p.records:,} "
         f"| {_ms(p.latency.p50)} | {_ms(p.latency.p95)} | **{_ms(p.latency.p99)}** "
-        f"| {_ms(p.latency.max)} | {_batch(p)} | {_mib(p.peak_rss)} "
+        f"| {_ms(p.latency.max)} | {worker} | {_batch(p)} | {_mib(p.peak_rss)} "
         f"| {_cores(p.process_cpu)} | {_cores(p.bench_cpu)} |"
     )
 
@@ -192,21 +193,28 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             "## Latency under a fixed offered load",
             "",
             f"Events published by a paced producer for {options.latency_seconds:g} s at "
-            f"{basis}, while the process runs; latency is input record timestamp → output "
+            f"{basis}, each load on new topics and a newly started process (after a "
+            f"{WARM_UP_S:g} s warm-up at the same rate), so that every load meets the broker "
+            "in the same state; latency is input record timestamp → output "
             "record timestamp of each event (see below for what each configuration's output "
-            "timestamp means). achieved/s runs from the first input to the last output. "
+            'timestamp means). "in worker" is streamscore\'s own share of it, from the '
+            "worker's `streamscore_processing_latency_seconds` histogram (the fetch that "
+            "brought an event → its score handed to the producer; interpolated within "
+            "buckets, as Prometheus does); the rest is the broker's hop and the fetch. "
+            "achieved/s runs from the first input to the last output. "
             "process CPU and bench CPU are the cores the measured process and the bench "
             "(its paced producer) used while the load was offered.",
             "",
             "| configuration | offered/s | achieved/s | events | p50 ms | p95 ms | p99 ms "
-            "| max ms | mean batch | peak RSS MiB | process CPU | bench CPU |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| max ms | in worker p50 / p99 ms | mean batch | peak RSS MiB | process CPU "
+            "| bench CPU |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         order = {key: i for i, key in enumerate(options.configs)}
         rows = [(order[p.config], p.offered_rate or 0.0, _load_row(p)) for p in loads]
         for key, rate, why in results.skipped:
             rows.append(
-                (order[key], rate, f"| {_name(key)} | {rate:,.0f} | not run: {why} |||||||||")
+                (order[key], rate, f"| {_name(key)} | {rate:,.0f} | not run: {why} ||||||||||")
             )
         lines += [row for _, _, row in sorted(rows)]
     bursts = [p for p in results.phases if p.kind == "burst"]
@@ -284,8 +292,8 @@ def plot(results: Results, directory: Path, name: str) -> list[Path]:
         fig, ax = pyplot.subplots(figsize=(8, 1.2 + 0.6 * len(drains)))
         labels = [_name(p.config) for p in reversed(drains)]
         rates = [p.rate for p in reversed(drains)]
-        # No model runs in Quix's row: hatch it so it reads as the framework's floor.
-        hatches = ["//" if CONFIGS[p.config].kind is Kind.QUIX else "" for p in reversed(drains)]
+        # No model runs in the peers' rows: hatch them so they read as floors.
+        hatches = ["" if CONFIGS[p.config].scores else "//" for p in reversed(drains)]
         bars = ax.barh(labels, rates, color="#4472c4", hatch=hatches)
         ax.bar_label(bars, labels=[f" {r:,.0f}" for r in rates])
         ax.set_xlabel("events/s, draining a pre-loaded backlog")
@@ -315,6 +323,10 @@ def plot(results: Results, directory: Path, name: str) -> list[Path]:
                     color=line.get_color(), label=f"{_name(key)} p95")  # fmt: skip
             ax.plot(x, [p.latency.p99 for p in points], marker="s", linestyle=":",
                     color=line.get_color(), label=f"{_name(key)} p99")  # fmt: skip
+            if all(p.in_worker is not None for p in points):
+                ax.plot(x, [p.in_worker.p99 for p in points if p.in_worker is not None],
+                        marker="x", linestyle="-.", color=line.get_color(),
+                        label=f"{_name(key)} p99 in worker")  # fmt: skip
         ax.set_xlabel("offered load, events/s")
         ax.set_ylabel("end-to-end latency, ms")
         ax.set_yscale("log")

@@ -3,9 +3,10 @@
 For each configuration, in order: create its topics, publish the profiles
 and the backlog, start its process (only now, so that throughput measures
 draining a backlog), wait until the backlog is committed, then run the
-paced loads (latency) and the burst (memory) against the same process,
-then stop it and drop its topics. A phase is complete when the group has
-committed every input offset; its outputs are then read back and matched.
+burst (memory) against the same process, stop it and drop its topics. Each
+paced load (latency) then gets new topics and a new process of its own. A
+phase is complete when the group has committed every input offset; its
+outputs are then read back and matched.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,9 @@ from streams.benchmarks.measure import (
     Percentiles,
     PhaseOutput,
     RssMonitor,
+    bucket_percentiles,
     cpu_seconds,
+    histogram_buckets,
     wait_until_committed,
 )
 from streams.benchmarks.preload import (
@@ -43,6 +46,7 @@ from streams.errors import StreamscoreError
 from streams.harness import metric_value
 
 Basis = Literal["first", "own"]
+PROCESSING_LATENCY = "streamscore_processing_latency_seconds"
 Echo = Callable[[str], None]
 
 
@@ -77,6 +81,7 @@ class Phase:
     rate: float  # outputs/s, first to last output record
     latency: Percentiles
     mean_batch: float | None
+    in_worker: Percentiles | None  # streamscore: streamscore_processing_latency_seconds
     peak_rss: int  # bytes
     seconds: float  # first to last output
     startup_s: float | None = None  # drain: process start to first output
@@ -116,7 +121,9 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
     """Run every configuration of ``options``; logs and state go under ``workdir``."""
     unknown = [key for key in options.configs if key not in CONFIGS]
     if unknown:
-        raise BenchmarkError(f"unknown configuration(s) {', '.join(unknown)}; known: a, b, c, d")
+        raise BenchmarkError(
+            f"unknown configuration(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}"
+        )
     results = Results(options)
     broker = EmbeddedBroker(log_path=workdir / "broker.log")
     bootstrap = broker.start()
@@ -152,36 +159,25 @@ def _rates(options: Options, results: Results, own_peak: float) -> list[float]:
 def _run_config(
     config: Config, topics: Topics, launch: Launch, results: Results, echo: Echo, number: int = 1
 ) -> None:
-    """Drain a pre-loaded backlog; in round 1, then the latency loads and the burst."""
+    """Drain a pre-loaded backlog; in round 1, then the burst and the latency loads."""
     options = results.options
     workload = options.workload
-    create_topics(launch.bootstrap, topics, workload.partitions)
     source = InputStream(workload)
-    publisher = Publisher(launch.bootstrap)
-    if config.reads_features:
-        publisher.publish(topics.features, source.profiles())
     backlog = source.backlog()
     results.mean_value_bytes = sum(len(r.value) for r in backlog) / max(1, len(backlog))
     tag = config.key if number == 1 else f"{config.key} round {number}"
-    echo(f"[{tag}] {config.name}: pre-loading {len(backlog):,} records")
-    sent = publisher.publish(topics.events, ((r.key, r.value) for r in backlog))
-    sent_ms = {r.event_id: ms for r, ms in zip(backlog, sent, strict=True) if r.event_id}
-    malformed = len(backlog) - len(sent_ms)
-    del backlog, sent
-
-    tally = OutputTally(launch.bootstrap, topics.scores, topics.dlq, workload.partitions)
-    started_ms = time.time() * 1000
-    process = start(config, topics, launch)
-    monitor = RssMonitor(process.pid).start()
-    pids = {"process": process.pid}
-    if launch.broker_pid is not None:
-        pids["broker"] = launch.broker_pid
-    trace = CpuTrace(pids).start()
-    measured = _Measured(config, topics, launch, publisher, tally, process, monitor, options)
-    try:
-        drain = measured.phase("drain", None, sent_ms, malformed)
-        trace.stop()
-        startup = (drain.first_ms - started_ms) / 1000.0 if drain.outputs else None
+    with _launched(config, topics, launch, source, options, before_start=backlog) as measured:
+        echo(f"[{tag}] {config.name}: pre-loaded {len(backlog):,} records")
+        sent_ms = {r.event_id: ms for r, ms in zip(backlog, measured.preloaded, strict=True)
+                   if r.event_id}  # fmt: skip
+        malformed = len(backlog) - len(sent_ms)
+        del backlog
+        trace = CpuTrace(measured.pids()).start()
+        try:
+            drain = measured.phase("drain", None, sent_ms, malformed)
+        finally:
+            trace.stop()
+        startup = (drain.first_ms - measured.started_ms) / 1000.0 if drain.outputs else None
         phase = measured.result(
             drain, "drain", None, len(sent_ms) + malformed, startup=startup,
             cpu_per_event=_cpu_per_event(trace, drain), number=number,
@@ -191,27 +187,74 @@ def _run_config(
              f"peak RSS {phase.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
         if not phase.complete or number > 1:
             return  # a configuration that loses events is not measured further
-        for rate in _rates(options, results, phase.rate):
-            if rate > phase.rate:
-                why = f"above its drain peak of {phase.rate:,.0f}/s: it would only build a backlog"
-                results.skipped.append((config.key, rate, why))
-                echo(f"[{config.key}] load {rate:,.0f}/s skipped: {why}")
-                continue
-            records = source.events(max(1, round(rate * options.latency_seconds)))
-            load = measured.paced(records, rate)
-            results.phases.append(load)
-            echo(f"[{config.key}] load {rate:,.0f}/s: p50 {load.latency.p50:,.0f} ms, "
-                 f"p99 {load.latency.p99:,.0f} ms")  # fmt: skip
-            if not load.complete:
-                return
         if options.burst > 0:
             records = source.events(max(1, round(options.burst * phase.rate)))
             burst = measured.burst(records)
             results.phases.append(burst)
             echo(f"[{config.key}] burst of {burst.records:,}: peak RSS "
                  f"{burst.peak_rss / 2**20:,.0f} MiB")  # fmt: skip
+            if not burst.complete:
+                return
+    for index, rate in enumerate(_rates(options, results, phase.rate)):
+        if rate > phase.rate:
+            why = f"above its drain peak of {phase.rate:,.0f}/s: it would only build a backlog"
+            results.skipped.append((config.key, rate, why))
+            echo(f"[{config.key}] load {rate:,.0f}/s skipped: {why}")
+            continue
+        load = _fresh_load(config, Topics(f"{topics.prefix}-l{index}"), launch, source, options,
+                           rate)  # fmt: skip
+        results.phases.append(load)
+        echo(f"[{config.key}] load {rate:,.0f}/s: p50 {load.latency.p50:,.0f} ms, "
+             f"p99 {load.latency.p99:,.0f} ms")  # fmt: skip
+        if not load.complete:
+            return
+
+
+#: Seconds of the offered rate published (and drained) before a load is measured.
+WARM_UP_S = 1.0
+
+
+def _fresh_load(
+    config: Config, topics: Topics, launch: Launch, source: InputStream, options: Options,
+    rate: float,
+) -> Phase:  # fmt: skip
+    """One offered load, on new topics and a new process.
+
+    Every load then meets the broker in the same state: on the embedded
+    broker a fetch gets slower the more record batches a partition holds, so
+    loads run after a drain on the same topics measured the broker's backlog
+    as much as the process. A short warm-up at the same rate first lets the
+    process join its group, load its model and settle.
+    """
+    with _launched(config, topics, launch, source, options) as measured:
+        warm = measured.paced(source.events(max(100, round(rate * WARM_UP_S))), rate)
+        if not warm.complete:
+            return warm
+        return measured.paced(source.events(max(1, round(rate * options.latency_seconds))), rate)
+
+
+@contextlib.contextmanager
+def _launched(
+    config: Config, topics: Topics, launch: Launch, source: InputStream, options: Options,
+    before_start: Sequence[Record] = (),
+) -> Iterator[_Measured]:  # fmt: skip
+    """Topics created (with profiles and ``before_start`` published), the process running.
+
+    On the way out the process is stopped and the topics deleted.
+    """
+    create_topics(launch.bootstrap, topics, options.workload.partitions)
+    publisher = Publisher(launch.bootstrap)
+    if config.reads_features:
+        publisher.publish(topics.features, source.profiles())
+    preloaded = publisher.publish(topics.events, ((r.key, r.value) for r in before_start))
+    tally = OutputTally(launch.bootstrap, topics.scores, topics.dlq, options.workload.partitions)
+    started_ms = time.time() * 1000
+    process = start(config, topics, launch)
+    monitor = RssMonitor(process.pid).start()
+    try:
+        yield _Measured(config, topics, launch, publisher, tally, process, monitor, options,
+                        preloaded, started_ms)  # fmt: skip
     finally:
-        trace.stop()
         monitor.stop()
         process.terminate(timeout=30)
         tally.close()
@@ -242,8 +285,18 @@ class _Measured:
     process: CommandProcess
     monitor: RssMonitor
     options: Options
+    preloaded: list[int]  # timestamps (epoch ms) of the records published before the start
+    started_ms: float  # when the process was started
     _batches: tuple[float, float] = (0.0, 0.0)  # streamscore_batch_size sum, count so far
+    _processing: dict[float, float] = field(default_factory=dict)  # its buckets so far
     _in_flight: float = 0.0
+
+    def pids(self) -> dict[str, int]:
+        """The measured process and the embedded broker (whose CPU is charged too)."""
+        pids = {"process": self.process.pid}
+        if self.launch.broker_pid is not None:
+            pids["broker"] = self.launch.broker_pid
+        return pids
 
     def phase(
         self,
@@ -300,20 +353,23 @@ class _Measured:
             value = metric_value(self.process.metrics(), "streamscore_in_flight")
             self._in_flight = max(self._in_flight, value)
 
-    def _mean_batch(self) -> float | None:
-        """Mean model batch since the previous phase, from the worker's histogram."""
+    def _since_last_phase(self) -> tuple[float | None, Percentiles | None]:
+        """Mean model batch and in-worker latency since the previous phase (streamscore only)."""
         if not self.config.batches:
-            return None
+            return None, None
         try:
             text = self.process.settled_metrics()
         except (OSError, StreamscoreError):  # no metrics page: the loss is what gets reported
-            return None
+            return None, None
         total = metric_value(text, "streamscore_batch_size_sum")
         count = metric_value(text, "streamscore_batch_size_count")
         before_total, before_count = self._batches
         self._batches = (total, count)
         batches = count - before_count
-        return (total - before_total) / batches if batches else None
+        processing = histogram_buckets(text, PROCESSING_LATENCY)
+        in_worker = bucket_percentiles(processing, self._processing)
+        self._processing = processing
+        return ((total - before_total) / batches if batches else None), in_worker
 
     def result(
         self,
@@ -329,6 +385,7 @@ class _Measured:
         cpu_per_event: tuple[float | None, float | None] = (None, None),
         number: int = 1,
     ) -> Phase:
+        mean_batch, in_worker = self._since_last_phase()
         return Phase(
             config=self.config.key,
             kind=kind,
@@ -341,7 +398,8 @@ class _Measured:
             missing=out.missing,
             rate=out.rate() if achieved is None else achieved,
             latency=Percentiles.of(out.latencies_ms),
-            mean_batch=self._mean_batch(),
+            mean_batch=mean_batch,
+            in_worker=in_worker,
             peak_rss=self.monitor.peak_bytes(),
             seconds=max(out.last_ms - out.first_ms, 0) / 1000.0,
             startup_s=startup,

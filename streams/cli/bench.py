@@ -71,10 +71,10 @@ def _default_quix_python() -> Path:
 @click.option(
     "--configs",
     "config_keys",
-    default="a,b,c,d",
+    default="a,b,c,d,e",
     show_default=True,
     help="Configurations to run, in order: a streamscore, b batch size 1, "
-    "c naive Faust, d Quix bare.",
+    "c naive Faust, d Quix bare, e bare confluent-kafka.",
 )
 @click.option(
     "--latency-loads",
@@ -164,7 +164,7 @@ def bench(
     configs = tuple(k.strip() for k in config_keys.split(",") if k.strip())
     unknown = [k for k in configs if k not in CONFIGS]
     if not configs or unknown or len(set(configs)) != len(configs):
-        fail(f"--configs {config_keys!r}: name each of a, b, c, d at most once", EXIT_USAGE)
+        fail(f"--configs {config_keys!r}: name each of a, b, c, d, e at most once", EXIT_USAGE)
     if n_events < 1 or keys < 1 or partitions < 1 or payload_bytes < 0 or rounds < 1:
         fail("--events, --keys, --partitions and --rounds must be positive", EXIT_USAGE)
     if not 0 <= malformed_share < 1 or latency_seconds <= 0 or burst < 0 or timeout <= 0:

@@ -27,19 +27,20 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     result = CliRunner().invoke(
         main,
         ["bench", "--events", "2000", "--keys", "200", "--partitions", "4",
-         "--malformed-share", "0.01", "--configs", "a,b", "--latency-loads", "0.1",
+         "--malformed-share", "0.01", "--configs", "a,b,e", "--latency-loads", "0.1",
          "--latency-seconds", "1.5", "--burst", "0.25", "--output", str(tmp_path),
-         "--name", "t", "--rounds", "2"],
+         "--name", "t"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
 
     report = orjson.loads((tmp_path / "results-t.json").read_bytes())
     phases = report["phases"]
-    drains = {p["config"]: p for p in phases if p["kind"] == "drain" and p["round"] == 1}
-    assert set(drains) == {"a", "b"}
-    again = [p for p in phases if p["round"] == 2]
-    assert sorted((p["config"], p["kind"]) for p in again) == [("a", "drain"), ("b", "drain")]
-    assert all(p["records"] == 2000 and p["missing"] == 0 and p["rate"] > 0 for p in again)
+    drains = {p["config"]: p for p in phases if p["kind"] == "drain"}
+    assert set(drains) == {"a", "b", "e"}
+    bare = drains.pop("e")  # passes every record on, malformed ones included
+    assert (bare["records"], bare["missing"], bare["scored"], bare["other"]) == (2000, 0, 1980, 20)
+    assert bare["mean_batch"] is None
+    assert bare["in_worker"] is None
     for drain in drains.values():
         assert drain["records"] == 2000
         assert drain["missing"] == 0
@@ -52,7 +53,10 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     assert drains["a"]["mean_batch"] > 1.0
 
     measured = [p for p in phases if p["kind"] in ("load", "burst")]
-    assert any(p["config"] == "a" and p["kind"] == "load" for p in measured)
+    loads = {p["config"]: p for p in measured if p["kind"] == "load"}
+    assert set(loads) == {"a", "e"}  # 10% of (a)'s rate is above what (b) drains
+    worker = loads["a"]["in_worker"]  # the worker's own share of the latency
+    assert 0 < worker["p50"] <= worker["p99"] <= loads["a"]["latency"]["p99"] + 5
     for phase in measured:
         assert phase["missing"] == 0, phase
         assert phase["scored"] == phase["records"]
@@ -64,10 +68,30 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     text = (tmp_path / "results-t.md").read_text()
     assert "| (a) streamscore |" in text
     assert "| (b) streamscore batch=1 |" in text
-    assert "## Repeated drains" in text
-    assert "| median |" in text
+    assert "| (e) bare confluent-kafka (no framework) |" in text
+    assert "## Repeated drains" not in text
     assert "streamscore bench --events 2000" in text  # the command that repeats the run
     assert text in result.output  # the same table is printed
+
+
+def test_bench_rounds_drain_every_configuration_again_and_report_medians(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--events", "1000", "--keys", "100", "--partitions", "2", "--configs", "e",
+         "--latency-loads", "", "--burst", "0", "--rounds", "3", "--output", str(tmp_path),
+         "--name", "r"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    phases = orjson.loads((tmp_path / "results-r.json").read_bytes())["phases"]
+    assert [(p["config"], p["kind"], p["round"]) for p in phases] == [
+        ("e", "drain", 1), ("e", "drain", 2), ("e", "drain", 3),
+    ]  # fmt: skip
+    assert all(p["records"] == 1000 and p["missing"] == 0 and p["rate"] > 0 for p in phases)
+    text = (tmp_path / "results-r.md").read_text()
+    assert "## Repeated drains" in text
+    assert text.count("| median |") == 1
 
 
 def test_bench_refuses_an_unknown_configuration(tmp_path: Path) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from models.featurize import NUMERIC_FEATURES
-from streams.benchmarks import stage_probe
+from streams.benchmarks import bare_peer, stage_probe
 from streams.benchmarks.measure import (
     CpuTrace,
     Percentiles,
@@ -126,7 +127,7 @@ def _phase(config: str, kind: str, **changes: object) -> Phase:
     values: dict[str, object] = {
         "config": config, "kind": kind, "offered_rate": None, "records": 100, "scored": 99,
         "dead": 1, "other": 0, "duplicates": 0, "missing": 0, "rate": 1234.0,
-        "latency": Percentiles(10, 20, 30, 40), "mean_batch": 12.5,
+        "latency": Percentiles(10, 20, 30, 40), "mean_batch": 12.5, "in_worker": None,
         "peak_rss": 300 * 2**20, "seconds": 1.0, "startup_s": 4.0,
     }  # fmt: skip
     values.update(changes)
@@ -138,15 +139,15 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     results = Results(options, mean_value_bytes=150.0)
     results.phases += [
         _phase("a", "drain", cpu_us_per_event=31.25, broker_cpu_us_per_event=4.5),
-        _phase("a", "load", offered_rate=617.0),
+        _phase("a", "load", offered_rate=617.0, in_worker=Percentiles(3.2, 7, 9.6, math.nan)),
         _phase("a", "burst", max_in_flight=4100.0),
         _phase("c", "drain", mean_batch=None, missing=7, rate=80.0),
     ]
     results.skipped.append(("c", 617.0, "above its drain peak"))
     text = markdown(results, "streamscore bench --events 100", [])
     assert "| (a) streamscore | **1,234** |" in text
-    assert "| (a) streamscore | 617 |" in text
-    assert "| (c) naive Faust | 617 | not run: above its drain peak |" in text
+    assert "| (a) streamscore | 617 | 1,234 | 100 | 10 | 20 | **30** | 40 | 3 / 10 | 12.5 |" in text
+    assert "| (c) naive Faust | 617 | not run: above its drain peak ||||||||||" in text
     assert "| 4,100 |" in text
     assert "| 31.2 / 4.5 |" in text  # CPU per event of the worker and of the broker
     assert "## Lost events" in text
@@ -205,3 +206,61 @@ def test_stage_probe_feeds_the_stages_the_bench_input_with_its_malformed_share()
     profile_column = NUMERIC_FEATURES.index("account_age_days_log")
     missing = np.isnan(prepared.raw.numeric[:, profile_column]).mean()
     assert missing < 0.5  # profiles are found (a lookup in the wrong partition finds none)
+
+
+class _Message:
+    def __init__(self, offset: int, eof: bool = False) -> None:
+        self.offset, self.eof = offset, eof
+
+    def error(self) -> KafkaError | None:
+        return KafkaError(KafkaError._PARTITION_EOF) if self.eof else None
+
+    def value(self) -> bytes:
+        return b"v%d" % self.offset
+
+    def key(self) -> bytes:
+        return b"k%d" % self.offset
+
+
+class _Loop:
+    """The consumer and producer of the bare peer, recording what happens in which order."""
+
+    def __init__(self, fetches: list[list[_Message]]) -> None:
+        self.fetches = fetches
+        self.log: list[str] = []
+        self.produced: list[tuple[str, bytes, bytes, int]] = []
+
+    def consume(self, n: int, timeout: float) -> list[_Message]:
+        return self.fetches.pop(0) if self.fetches else []
+
+    def produce(self, topic: str, value: bytes, key: bytes, timestamp: int) -> None:
+        self.produced.append((topic, value, key, timestamp))
+        self.log.append(f"produce {value.decode()}")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.log.append("flush")
+        return 0
+
+    def commit(self, asynchronous: bool) -> None:
+        assert not asynchronous
+        self.log.append("commit")
+
+
+def test_the_bare_peer_commits_only_what_it_flushed_and_stamps_each_output() -> None:
+    loop = _Loop([[_Message(0), _Message(1)], [_Message(2, eof=True)], [_Message(3)]])
+    calls = iter(range(100))
+    before = time.time_ns() // 1_000_000
+    passed = bare_peer.run(loop, loop, "out", lambda: next(calls) >= 4, commit_interval_s=0.0)
+    assert passed == 3  # the end-of-partition event is not a record
+    assert [p[:3] for p in loop.produced] == [
+        ("out", b"v0", b"k0"), ("out", b"v1", b"k1"), ("out", b"v3", b"k3"),
+    ]  # fmt: skip
+    assert all(before <= p[3] <= time.time_ns() // 1_000_000 for p in loop.produced)
+    # Every commit comes after a flush of everything produced before it; nothing is
+    # committed for a fetch that brought no record.
+    assert loop.log == [
+        "produce v0", "produce v1", "flush", "commit", "produce v3", "flush", "commit",
+    ]  # fmt: skip
