@@ -193,9 +193,9 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             "## Latency under a fixed offered load",
             "",
             f"Events published by a paced producer for {options.latency_seconds:g} s at "
-            f"{basis}, each load on new topics and a newly started process (after a "
-            f"{WARM_UP_S:g} s warm-up at the same rate), so that every load meets the broker "
-            "in the same state; latency is input record timestamp → output "
+            f"{basis}, each load on a new embedded broker with new topics and a newly started "
+            f"process (after a {WARM_UP_S:g} s warm-up at the same rate), so that every load "
+            "meets a broker in the same state; latency is input record timestamp → output "
             "record timestamp of each event (see below for what each configuration's output "
             'timestamp means). "in worker" is streamscore\'s own share of it, from the '
             "worker's `streamscore_processing_latency_seconds` histogram (the fetch that "
@@ -309,7 +309,7 @@ def plot(results: Results, directory: Path, name: str) -> list[Path]:
         written.append(path)
     loads = [p for p in results.phases if p.kind == "load"]
     if loads:
-        fig, ax = pyplot.subplots(figsize=(7, 4))
+        fig, ax = pyplot.subplots(figsize=(10, 4.5))
         for key in results.options.configs:
             points = sorted(
                 (p for p in loads if p.config == key), key=lambda p: p.offered_rate or 0
@@ -332,7 +332,7 @@ def plot(results: Results, directory: Path, name: str) -> list[Path]:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_title("Latency percentiles vs offered load")
         fig.tight_layout()
         path = directory / f"latency-{name}.png"
