@@ -1,7 +1,7 @@
 """The contract's Prometheus metrics, created on an injected registry.
 
 ``Metrics.create(registry)`` gives each test its own ``CollectorRegistry``.
-End-to-end and processing latency are observed once per event, so each is a
+End-to-end, arrival and processing latency are observed once per event, so each is a
 :class:`BulkHistogram`, which takes a whole numpy array per call (one
 ``searchsorted`` instead of thousands of locked ``observe`` calls) and is
 exposed in the standard histogram format.
@@ -98,6 +98,7 @@ class Metrics:
     batch_wait: Histogram
     model_latency: Histogram
     end_to_end: BulkHistogram
+    arrival: BulkHistogram
     processing: BulkHistogram
     in_flight: Gauge
     paused_partitions: Gauge
@@ -145,6 +146,13 @@ class Metrics:
             end_to_end=BulkHistogram(
                 "streamscore_end_to_end_latency_seconds",
                 "Record timestamp to score acknowledged by the broker.",
+                LATENCY_BUCKETS, registry,
+            ),
+            arrival=BulkHistogram(
+                "streamscore_arrival_latency_seconds",
+                "Kafka's share of end-to-end latency before the worker: from an event's record"
+                " timestamp to the fetch that brought it (producer batching, the broker,"
+                " consumer lag); 0 when the producer's clock runs ahead.",
                 LATENCY_BUCKETS, registry,
             ),
             processing=BulkHistogram(

@@ -194,11 +194,17 @@ class ScoringPipeline:
         else:
             kept_records = [decoded.records[i] for i in prepared.keep]
             kept_events = [decoded.items[i] for i in prepared.keep]
-        oldest = min(record.timestamp or 0 for record in kept_records) / 1000.0
+        stamps = np.fromiter(
+            (record.timestamp or 0 for record in kept_records), np.float64, len(kept_records)
+        )
+        stamps /= 1000.0
+        oldest = float(stamps.min())
+        if oldest > 0:  # every record carries a timestamp (producers' clocks may run ahead)
+            self.metrics.arrival.observe_many(np.maximum(chunk.fetched_at - stamps, 0.0))
         part = ScoringPart(
             kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at
         )
-        await self.batcher.put(part, age=time.time() - oldest if oldest else 0.0)
+        await self.batcher.put(part, age=time.time() - oldest if oldest > 0 else 0.0)
 
     def _write_state(self, changelog: list[Outgoing], source_topic: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

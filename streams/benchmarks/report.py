@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from streams.benchmarks.configs import CONFIGS, Kind
+from streams.benchmarks.measure import Percentiles
 from streams.benchmarks.runner import WARM_UP_S, Phase, Results
 
 _MIB = 2**20
@@ -81,12 +82,16 @@ def _name(key: str) -> str:
     return f"({key}) {CONFIGS[key].name}"
 
 
+def _p50_p99(value: Percentiles | None) -> str:
+    return _NONE if value is None else f"{_ms(value.p50)} / {_ms(value.p99)}"
+
+
 def _load_row(p: Phase) -> str:
-    worker = _NONE if p.in_worker is None else f"{_ms(p.in_worker.p50)} / {_ms(p.in_worker.p99)}"
     return (
         f"| {_name(p.config)} | {p.offered_rate or 0:,.0f} | {p.rate:,.0f} | {p.records:,} "
         f"| {_ms(p.latency.p50)} | {_ms(p.latency.p95)} | **{_ms(p.latency.p99)}** "
-        f"| {_ms(p.latency.max)} | {worker} | {_batch(p)} | {_mib(p.peak_rss)} "
+        f"| {_ms(p.latency.max)} | {_p50_p99(p.arrival)} | {_p50_p99(p.in_worker)} "
+        f"| {_batch(p)} | {_mib(p.peak_rss)} "
         f"| {_cores(p.process_cpu)} | {_cores(p.bench_cpu)} |"
     )
 
@@ -197,24 +202,26 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             f"process (after a {WARM_UP_S:g} s warm-up at the same rate), so that every load "
             "meets a broker in the same state; latency is input record timestamp → output "
             "record timestamp of each event (see below for what each configuration's output "
-            'timestamp means). "in worker" is streamscore\'s own share of it, from the '
-            "worker's `streamscore_processing_latency_seconds` histogram (the fetch that "
-            "brought an event → its score handed to the producer; interpolated within "
-            "buckets, as Prometheus does); the rest is the broker's hop and the fetch. "
+            "timestamp means). For streamscore, from its own histograms (interpolated "
+            'within buckets, as Prometheus does), the shares of it: "before worker" is '
+            "Kafka's up to the worker (`streamscore_arrival_latency_seconds`: record "
+            'timestamp → the fetch that brought the event), "in worker" its own '
+            "(`streamscore_processing_latency_seconds`: that fetch → the score handed to "
+            "the producer). "
             "achieved/s runs from the first input to the last output. "
             "process CPU and bench CPU are the cores the measured process and the bench "
             "(its paced producer) used while the load was offered.",
             "",
             "| configuration | offered/s | achieved/s | events | p50 ms | p95 ms | p99 ms "
-            "| max ms | in worker p50 / p99 ms | mean batch | peak RSS MiB | process CPU "
-            "| bench CPU |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| max ms | before worker p50 / p99 ms | in worker p50 / p99 ms | mean batch "
+            "| peak RSS MiB | process CPU | bench CPU |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         ]
         order = {key: i for i, key in enumerate(options.configs)}
         rows = [(order[p.config], p.offered_rate or 0.0, _load_row(p)) for p in loads]
         for key, rate, why in results.skipped:
             rows.append(
-                (order[key], rate, f"| {_name(key)} | {rate:,.0f} | not run: {why} ||||||||||")
+                (order[key], rate, f"| {_name(key)} | {rate:,.0f} | not run: {why} |||||||||||")
             )
         lines += [row for _, _, row in sorted(rows)]
     bursts = [p for p in results.phases if p.kind == "burst"]

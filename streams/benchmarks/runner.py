@@ -47,7 +47,9 @@ from streams.errors import StreamscoreError
 from streams.harness import metric_value
 
 Basis = Literal["first", "own"]
+#: The worker's histograms of its own share of latency, and of Kafka's before it.
 PROCESSING_LATENCY = "streamscore_processing_latency_seconds"
+ARRIVAL_LATENCY = "streamscore_arrival_latency_seconds"
 Echo = Callable[[str], None]
 
 
@@ -83,6 +85,7 @@ class Phase:
     latency: Percentiles
     mean_batch: float | None
     in_worker: Percentiles | None  # streamscore: streamscore_processing_latency_seconds
+    arrival: Percentiles | None  # streamscore: streamscore_arrival_latency_seconds
     peak_rss: int  # bytes
     seconds: float  # first to last output
     startup_s: float | None = None  # drain: process start to first output
@@ -298,7 +301,7 @@ class _Measured:
     preloaded: list[int]  # timestamps (epoch ms) of the records published before the start
     started_ms: float  # when the process was started
     _batches: tuple[float, float] = (0.0, 0.0)  # streamscore_batch_size sum, count so far
-    _processing: dict[float, float] = field(default_factory=dict)  # its buckets so far
+    _histograms: dict[str, dict[float, float]] = field(default_factory=dict)  # buckets so far
     _in_flight: float = 0.0
 
     def pids(self) -> dict[str, int]:
@@ -363,23 +366,25 @@ class _Measured:
             value = metric_value(self.process.metrics(), "streamscore_in_flight")
             self._in_flight = max(self._in_flight, value)
 
-    def _since_last_phase(self) -> tuple[float | None, Percentiles | None]:
-        """Mean model batch and in-worker latency since the previous phase (streamscore only)."""
+    def _since_last_phase(self) -> tuple[float | None, dict[str, Percentiles]]:
+        """Mean model batch and latency shares since the previous phase (streamscore only)."""
         if not self.config.batches:
-            return None, None
+            return None, {}
         try:
             text = self.process.settled_metrics()
         except (OSError, StreamscoreError):  # no metrics page: the loss is what gets reported
-            return None, None
+            return None, {}
         total = metric_value(text, "streamscore_batch_size_sum")
         count = metric_value(text, "streamscore_batch_size_count")
         before_total, before_count = self._batches
         self._batches = (total, count)
         batches = count - before_count
-        processing = histogram_buckets(text, PROCESSING_LATENCY)
-        in_worker = bucket_percentiles(processing, self._processing)
-        self._processing = processing
-        return ((total - before_total) / batches if batches else None), in_worker
+        shares = {}
+        for name in (PROCESSING_LATENCY, ARRIVAL_LATENCY):
+            buckets = histogram_buckets(text, name)
+            shares[name] = bucket_percentiles(buckets, self._histograms.get(name))
+            self._histograms[name] = buckets
+        return ((total - before_total) / batches if batches else None), shares
 
     def result(
         self,
@@ -395,7 +400,7 @@ class _Measured:
         cpu_per_event: tuple[float | None, float | None] = (None, None),
         number: int = 1,
     ) -> Phase:
-        mean_batch, in_worker = self._since_last_phase()
+        mean_batch, shares = self._since_last_phase()
         return Phase(
             config=self.config.key,
             kind=kind,
@@ -409,7 +414,8 @@ class _Measured:
             rate=out.rate() if achieved is None else achieved,
             latency=Percentiles.of(out.latencies_ms),
             mean_batch=mean_batch,
-            in_worker=in_worker,
+            in_worker=shares.get(PROCESSING_LATENCY),
+            arrival=shares.get(ARRIVAL_LATENCY),
             peak_rss=self.monitor.peak_bytes(),
             seconds=max(out.last_ms - out.first_ms, 0) / 1000.0,
             startup_s=startup,

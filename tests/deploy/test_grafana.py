@@ -24,6 +24,7 @@ def test_dashboard_shows_what_operators_need() -> None:
         "streamscore_events_total",
         "streamscore_end_to_end_latency_seconds_bucket",
         "streamscore_processing_latency_seconds_bucket",
+        "streamscore_arrival_latency_seconds_bucket",
         "streamscore_batch_size_sum",
         "streamscore_batch_wait_seconds_bucket",
         "streamscore_model_latency_seconds_bucket",

@@ -55,8 +55,10 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     measured = [p for p in phases if p["kind"] in ("load", "burst")]
     loads = {p["config"]: p for p in measured if p["kind"] == "load"}
     assert set(loads) == {"a", "e"}  # 10% of (a)'s rate is above what (b) drains
-    worker = loads["a"]["in_worker"]  # the worker's own share of the latency
-    assert 0 < worker["p50"] <= worker["p99"] <= loads["a"]["latency"]["p99"] + 5
+    for share in ("in_worker", "arrival"):  # the worker's own share, and Kafka's before it
+        worker = loads["a"][share]
+        assert 0 < worker["p50"] <= worker["p99"] <= loads["a"]["latency"]["p99"] + 5, share
+    assert loads["e"]["arrival"] is None
     for phase in measured:
         assert phase["missing"] == 0, phase
         assert phase["scored"] == phase["records"]

@@ -150,6 +150,8 @@ def test_prometheus_sees_what_the_worker_did_through_the_recording_rules(
     assert not math.isnan(p99)
     worker_p99 = only(prometheus.until("streamscore:processing_latency_seconds:p99_1m", bool))
     assert 0 < worker_p99 <= p99  # the worker's share of the end-to-end time
+    kafka_p99 = only(prometheus.until("streamscore:arrival_latency_seconds:p99_1m", bool))
+    assert 0 < kafka_p99 <= p99  # and Kafka's, before the worker
     assert only(prometheus.query("streamscore:batch_size:mean1m")) > 0
 
 

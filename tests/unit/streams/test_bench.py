@@ -128,6 +128,7 @@ def _phase(config: str, kind: str, **changes: object) -> Phase:
         "config": config, "kind": kind, "offered_rate": None, "records": 100, "scored": 99,
         "dead": 1, "other": 0, "duplicates": 0, "missing": 0, "rate": 1234.0,
         "latency": Percentiles(10, 20, 30, 40), "mean_batch": 12.5, "in_worker": None,
+        "arrival": None,
         "peak_rss": 300 * 2**20, "seconds": 1.0, "startup_s": 4.0,
     }  # fmt: skip
     values.update(changes)
@@ -139,15 +140,24 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     results = Results(options, mean_value_bytes=150.0)
     results.phases += [
         _phase("a", "drain", cpu_us_per_event=31.25, broker_cpu_us_per_event=4.5),
-        _phase("a", "load", offered_rate=617.0, in_worker=Percentiles(3.2, 7, 9.6, math.nan)),
+        _phase(
+            "a",
+            "load",
+            offered_rate=617.0,
+            in_worker=Percentiles(3.2, 7, 9.6, math.nan),
+            arrival=Percentiles(51, 70, 88.4, math.nan),
+        ),
         _phase("a", "burst", max_in_flight=4100.0),
         _phase("c", "drain", mean_batch=None, missing=7, rate=80.0),
     ]
     results.skipped.append(("c", 617.0, "above its drain peak"))
     text = markdown(results, "streamscore bench --events 100", [])
     assert "| (a) streamscore | **1,234** |" in text
-    assert "| (a) streamscore | 617 | 1,234 | 100 | 10 | 20 | **30** | 40 | 3 / 10 | 12.5 |" in text
-    assert "| (c) naive Faust | 617 | not run: above its drain peak ||||||||||" in text
+    row = (
+        "| (a) streamscore | 617 | 1,234 | 100 | 10 | 20 | **30** | 40 | 51 / 88 | 3 / 10 | 12.5 |"
+    )
+    assert row in text
+    assert "| (c) naive Faust | 617 | not run: above its drain peak |||||||||||" in text
     assert "| 4,100 |" in text
     assert "| 31.2 / 4.5 |" in text  # CPU per event of the worker and of the broker
     assert "## Lost events" in text

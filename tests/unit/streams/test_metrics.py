@@ -66,6 +66,7 @@ def test_every_contract_metric_is_exported_from_the_start() -> None:
         "streamscore_model_latency_seconds_bucket",
         "streamscore_end_to_end_latency_seconds_bucket",
         "streamscore_processing_latency_seconds_bucket",
+        "streamscore_arrival_latency_seconds_bucket",
         "streamscore_in_flight 0.0",
         "streamscore_paused_partitions 0.0",
     ):
