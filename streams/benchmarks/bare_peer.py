@@ -14,13 +14,14 @@ every latency zero). SIGTERM stops the loop, flushes, commits and closes.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from streams.benchmarks.quix_peer import peer_arguments
 
 COMMIT_INTERVAL_S = 1.0
 
@@ -70,16 +71,7 @@ def _commit(consumer: Any, producer: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
-    parser.add_argument("--input", required=True, help="topic to consume")
-    parser.add_argument("--output", required=True, help="topic to produce to")
-    parser.add_argument("--group", required=True, help="consumer group")
-    parser.add_argument(
-        "--fetch-wait-ms", type=int, default=10,
-        help="fetch.wait.max.ms (the embedded broker answers a waiting fetch only when it expires)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
+    args = peer_arguments(__doc__.splitlines()[0]).parse_args(argv)
     stopping: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, frame: stopping.append(received))

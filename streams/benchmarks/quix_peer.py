@@ -29,17 +29,23 @@ def _now_ms(value: Any, key: Any, timestamp: int, headers: Any) -> int:
     return time.time_ns() // 1_000_000
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def peer_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every peer script takes (the bare client's too)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--broker", required=True, help="bootstrap HOST:PORT")
     parser.add_argument("--input", required=True, help="topic to consume")
     parser.add_argument("--output", required=True, help="topic to produce to")
     parser.add_argument("--group", required=True, help="consumer group")
-    parser.add_argument("--state-dir", required=True, help="Quix state directory")
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10,
         help="fetch.wait.max.ms (the embedded broker answers a waiting fetch only when it expires)",
     )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = peer_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", required=True, help="Quix state directory")
     args = parser.parse_args(argv)
     # Imported by name: quixstreams lives in its own virtualenv, not in streamscore's
     # (where this module is only type-checked).
