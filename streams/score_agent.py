@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
+import numpy.typing as npt
 from faust.types import TP
 from prometheus_client import Counter
 
@@ -62,6 +63,7 @@ class ScoringPart:
     state: asyncio.Future[None]  # resolved when the chunk's history writes are durable
     generation: int
     fetched_at: float  # wall clock when the chunk was fetched
+    stamps: npt.NDArray[np.float64]  # each event's record timestamp, epoch seconds (0: none)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -70,11 +72,11 @@ class ScoringPart:
         cls = type(self)
         head = cls(
             self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation,
-            self.fetched_at,
+            self.fetched_at, self.stamps[:n],
         )  # fmt: skip
         tail = cls(
             self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
-            self.generation, self.fetched_at,
+            self.generation, self.fetched_at, self.stamps[n:],
         )  # fmt: skip
         return head, tail
 
@@ -202,7 +204,7 @@ class ScoringPipeline:
         if oldest > 0:  # every record carries a timestamp (producers' clocks may run ahead)
             self.metrics.arrival.observe_many(np.maximum(chunk.fetched_at - stamps, 0.0))
         part = ScoringPart(
-            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at
+            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at, stamps
         )
         await self.batcher.put(part, age=time.time() - oldest if oldest > 0 else 0.0)
 
@@ -260,15 +262,11 @@ class ScoringPipeline:
     async def _run(self, batch: Batch[ScoringPart]) -> Scoring:
         deployment = self.deployment  # one set of models for the whole batch
         raw = RawFeatures.concat([part.raw for part in batch.parts])
-        record_times = np.fromiter(
-            (r.timestamp or 0 for part in batch.parts for r in part.records),
-            dtype=np.float64,
-            count=batch.size,
-        )
+        record_times = _stamps(batch.parts)
         events = None
         if deployment.rules or deployment.canary is not None:
             events = [event for part in batch.parts for event in part.events]
-        outcome = await route_batch(deployment, raw, record_times / 1000.0, events)
+        outcome = await route_batch(deployment, raw, record_times, events)
         return Scoring(outcome, raw, deployment)
 
     def _deliver(self, batch: Batch[ScoringPart], scoring: Scoring | Exception) -> None:
@@ -317,7 +315,6 @@ class ScoringPipeline:
         add = batch.add
         keys: list[bytes | None] = []
         sources: list[Record] = []
-        timestamps: list[int] = []
         producers = self._producers_for(outcome)
         counts = [0] * len(producers)  # per route code
         encoders = [p.encoder if p is not None else None for p in producers]
@@ -341,7 +338,6 @@ class ScoringPipeline:
                 )  # fmt: skip
                 keys.append(record.key)
                 sources.append(record)
-                timestamps.append(record.timestamp or 0)
                 counts[route] += 1
                 row += 1
             scored_per_part.append(len(sources) - before)
@@ -351,7 +347,10 @@ class ScoringPipeline:
         if not sources:
             return
         messages = Keyed(self.scores_topic, keys, batch.encode())
-        stamps = np.asarray(timestamps, dtype=np.float64) / 1000.0
+        stamps = _stamps(parts)
+        emitted = outcome.route != Route.FAILED
+        if not emitted.all():
+            stamps = stamps[emitted]
 
         def delivered(report: Delivered) -> None:
             ok = sources
@@ -514,6 +513,11 @@ def _starts(parts: Sequence[ScoringPart]) -> list[tuple[ScoringPart, int]]:
         out.append((part, start))
         start += len(part)
     return out
+
+
+def _stamps(parts: Sequence[ScoringPart]) -> npt.NDArray[np.float64]:
+    """The record timestamps of the parts' events, in order (epoch seconds)."""
+    return parts[0].stamps if len(parts) == 1 else np.concatenate([p.stamps for p in parts])
 
 
 def _record_sources(records: Sequence[Record]) -> list[TP]:
