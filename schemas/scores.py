@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import NonEmptyStr
@@ -42,36 +42,54 @@ class Score(BaseModel):
 class ScoreEncoder:
     """What a score says about the rung that produced it (model, version, degraded, route).
 
-    Encoded once per rung; :class:`ScoreBatch` adds the per-event fields.
+    Made once per rung; :class:`ScoreBatch` adds the per-event fields.
     """
 
     __slots__ = ("constant",)
 
     def __init__(self, model: str, model_version: str, degraded: bool, route: str) -> None:
-        self.constant = {
-            "model": model, "model_version": model_version, "degraded": degraded, "route": route,
-        }  # fmt: skip
+        self.constant = (model, model_version, degraded, route)
 
 
-#: Where one score object ends and the next begins in the JSON array of a batch. It
-#: cannot occur inside a JSON string (orjson escapes every quote in one), and every
-#: score object starts with ``event_id``.
-_BETWEEN = b'},{"event_id":'
-_HEAD = b'{"event_id":'
+class _Source(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Row(msgspec.Struct):
+    """One score as written: the fields of :class:`Score`, in its order."""
+
+    event_id: str
+    entity_id: str
+    score: float
+    model: str
+    model_version: str
+    degraded: bool
+    route: str
+    event_ts: float
+    scored_ts: float
+    source: _Source
+
+
+_ROWS = msgspec.json.Encoder()
 
 
 class ScoreBatch:
-    """A batch's scores, written as JSON in one orjson call rather than one per event.
+    """A batch's scores, written as JSON in one call rather than one per event.
 
-    Serialising the whole list at once and cutting it between objects costs under
-    half of formatting each score on its own. The output of each score parses to
-    exactly what ``Score(...).model_dump()`` would give (tests compare the two).
+    Each score is a small msgspec struct (cheaper to make than a dict), and
+    the batch is encoded as JSON lines in one call, then cut at the newlines,
+    which JSON text only holds between values (a newline inside a string is
+    escaped): under half the cost of a dict per score through orjson. The
+    output of each score parses to exactly what ``Score(...).model_dump()``
+    would give (tests compare the two).
     """
 
     __slots__ = ("_rows",)
 
     def __init__(self) -> None:
-        self._rows: list[dict[str, object]] = []
+        self._rows: list[_Row] = []
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -89,31 +107,18 @@ class ScoreBatch:
         offset: int,
     ) -> None:
         """One score; the floats must be finite (scores and validated event times are)."""
-        self._rows.append(
-            {
-                "event_id": event_id,
-                "entity_id": entity_id,
-                "score": float(score),
-                **encoder.constant,
-                "event_ts": float(event_ts),
-                "scored_ts": scored_ts,
-                "source": {"topic": topic, "partition": partition, "offset": offset},
-            }
-        )
+        source = _Source(topic, partition, offset)
+        row = _Row(event_id, entity_id, float(score), *encoder.constant, float(event_ts),
+                   scored_ts, source)  # fmt: skip
+        self._rows.append(row)
 
     def encode(self) -> list[bytes]:
         """Each score's JSON value, in the order they were added."""
         rows = self._rows
         if not rows:
             return []
-        pieces = orjson.dumps(rows)[1:-1].split(_BETWEEN)
-        if len(pieces) != len(rows):  # cannot happen (see _BETWEEN); never emit a wrong cut
-            return [orjson.dumps(row) for row in rows]
-        if len(pieces) == 1:
-            return pieces
-        last = len(pieces) - 1
-        head = _HEAD
-        values = [pieces[0] + b"}"]
-        values.extend([head + piece + b"}" for piece in pieces[1:last]])
-        values.append(head + pieces[last])
+        values = _ROWS.encode_lines(rows).split(b"\n")
+        values.pop()  # after the last line's newline
+        if len(values) != len(rows):  # cannot happen (see above); never emit a wrong cut
+            return [_ROWS.encode(row) for row in rows]
         return values

@@ -1,4 +1,4 @@
-"""CPU per event of the hot path's first stages, decode and features, without Kafka.
+"""CPU per event of the hot path's own stages (decode, features, scores' JSON), without Kafka.
 
     python -m streams.benchmarks.stage_probe --chunk 512 --malformed-share 0.005
 
@@ -6,7 +6,8 @@ Builds chunks of the bench's synthetic input (its events, with the same share
 of its malformed records spread through them, 8 partitions, 1,000 keys),
 then times :func:`streams.decode.decode_events` on a clean chunk and on one
 with malformed records, and :meth:`streams.features.FeatureStage.prepare` on
-the decoded events (profiles and histories in memory, as if cached). It prints
+the decoded events (profiles and histories in memory, as if cached), and the
+writing of their scores as JSON (:class:`schemas.scores.ScoreBatch`). It prints
 the best time per record of ``--repeats`` timings: steady on a shared machine,
 where a whole drain's rate moves by a fifth from one minute to the next.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.scores import ScoreBatch, ScoreEncoder
 from streams.benchmarks.preload import InputStream, Workload
 from streams.decode import Record, decode_events
 from streams.emit import Outgoing
@@ -117,6 +119,21 @@ def main() -> None:
 
     cost = microseconds_per_record(events, args.repeats, args.loops, prepare)
     print(f"features, {len(events)} events: {cost:.2f} µs per event")
+    cost = microseconds_per_record(
+        events, args.repeats, args.loops, lambda: encode_scores(decoded.records, events)
+    )
+    print(f"scores written as JSON, {len(events)} events: {cost:.2f} µs per score")
+
+
+def encode_scores(records: Sequence[Record], events: Sequence[Any]) -> list[bytes]:
+    """What emitting a batch costs before the producer: one score's JSON per event."""
+    encoder = ScoreEncoder("fraud-mlp", "1", False, "primary")
+    batch = ScoreBatch()
+    add = batch.add
+    for record, event in zip(records, events, strict=True):
+        add(encoder, event["event_id"], event["entity_id"], 0.0123, event["ts"], 1.7e9,
+            record.topic, record.partition, record.offset)  # fmt: skip
+    return batch.encode()
 
 
 def _shifted(records: Sequence[Record], shift: int) -> list[ProbeRecord]:
