@@ -8,6 +8,7 @@ back with a real Kafka client.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,46 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     if not found:
         raise KeyError(name)
     return total
+
+
+def histogram_buckets(text: str, name: str) -> dict[float, float]:
+    """Cumulative counts of histogram ``name`` by upper bound, from a Prometheus text page."""
+    prefix = f'{name}_bucket{{le="'
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            bound, _, rest = line[len(prefix) :].partition('"')
+            buckets[float(bound)] = float(rest.rpartition(" ")[2])  # float("+Inf") is inf
+    return buckets
+
+
+def histogram_quantiles(
+    after: Mapping[float, float],
+    before: Mapping[float, float] | None = None,
+    quantiles: Sequence[float] = (0.5, 0.99),
+) -> tuple[float, ...]:
+    """Quantiles, in seconds, of what a histogram observed between two readings (NaN if none).
+
+    As Prometheus's ``histogram_quantile``: linear within the bucket that holds
+    the quantile, the upper bound of the last finite bucket beyond it.
+    """
+    bounds = sorted(after)
+    counts = [after[b] - (before or {}).get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return tuple(math.nan for _ in quantiles)
+    total = counts[-1]
+
+    def quantile(q: float) -> float:
+        rank = q * total
+        index = next(i for i, c in enumerate(counts) if c >= rank)
+        upper = bounds[index]
+        if upper == math.inf:
+            return bounds[index - 1] if index else math.nan
+        lower, below = (bounds[index - 1], counts[index - 1]) if index else (0.0, 0.0)
+        inside = counts[index] - below
+        return lower + (upper - lower) * ((rank - below) / inside if inside else 1.0)
+
+    return tuple(map(quantile, quantiles))
 
 
 @dataclass

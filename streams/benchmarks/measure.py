@@ -31,6 +31,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.benchmarks.exceptions import BenchmarkError
+from streams.harness import histogram_quantiles
 
 _PREFIX = b'{"event_id":"'
 
@@ -184,44 +185,12 @@ def _event_id(value: bytes) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def histogram_buckets(text: str, name: str) -> dict[float, float]:
-    """Cumulative counts of histogram ``name`` by upper bound, from a Prometheus text page."""
-    prefix = f'{name}_bucket{{le="'
-    buckets: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            bound, _, rest = line[len(prefix) :].partition('"')
-            buckets[float(bound)] = float(rest.rpartition(" ")[2])  # float("+Inf") is inf
-    return buckets
-
-
 def bucket_percentiles(
     after: Mapping[float, float], before: Mapping[float, float] | None = None
 ) -> Percentiles:
-    """p50/p95/p99 in ms of what a histogram observed between two readings (max: NaN).
-
-    As Prometheus's ``histogram_quantile``: linear within the bucket that holds
-    the quantile, the upper bound of the last finite bucket beyond it.
-    """
-    bounds = sorted(after)
-    counts = [after[b] - (before or {}).get(b, 0.0) for b in bounds]
-    nan = float("nan")
-    if not counts or counts[-1] <= 0:
-        return Percentiles(nan, nan, nan, nan)
-    total = counts[-1]
-
-    def quantile(q: float) -> float:
-        rank = q * total
-        index = next(i for i, c in enumerate(counts) if c >= rank)
-        upper = bounds[index]
-        if upper == float("inf"):
-            return bounds[index - 1] * 1000.0 if index else nan
-        lower, below = (bounds[index - 1], counts[index - 1]) if index else (0.0, 0.0)
-        inside = counts[index] - below
-        share = (rank - below) / inside if inside else 1.0
-        return (lower + (upper - lower) * share) * 1000.0
-
-    return Percentiles(quantile(0.5), quantile(0.95), quantile(0.99), nan)
+    """p50/p95/p99 in ms of what a histogram observed between two readings (max: NaN)."""
+    p50, p95, p99 = (1000.0 * q for q in histogram_quantiles(after, before, (0.5, 0.95, 0.99)))
+    return Percentiles(p50, p95, p99, float("nan"))
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

@@ -30,7 +30,6 @@ from streams.benchmarks.measure import (
     RssMonitor,
     bucket_percentiles,
     cpu_seconds,
-    histogram_buckets,
     wait_until_committed,
 )
 from streams.benchmarks.preload import (
@@ -44,7 +43,7 @@ from streams.benchmarks.preload import (
 )
 from streams.embedded import EmbeddedBroker
 from streams.errors import StreamscoreError
-from streams.harness import metric_value
+from streams.harness import histogram_buckets, metric_value
 
 Basis = Literal["first", "own"]
 #: The worker's histograms of its own share of latency, and of Kafka's before it.

@@ -26,7 +26,14 @@ from models.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import fail, settings_or_exit
 from streams.embedded import EmbeddedBroker
 from streams.errors import StreamscoreError
-from streams.harness import Output, OutputReader, WorkerProcess, metric_value
+from streams.harness import (
+    Output,
+    OutputReader,
+    WorkerProcess,
+    histogram_buckets,
+    histogram_quantiles,
+    metric_value,
+)
 from streams.settings import Settings
 
 MALFORMED_SHARE = 0.005
@@ -185,6 +192,11 @@ def _summary(
     batch_mean = metric_value(metrics, "streamscore_batch_size_sum") / batches if batches else 0.0
     lat = np.asarray([x for x in latencies if x >= 0], dtype=np.float64)
     p50, p99 = np.percentile(lat, [50, 99]) if len(lat) else (float("nan"), float("nan"))
+    # Its shares, from the worker's own histograms: Kafka's up to the fetch, then the worker's.
+    shares = [
+        histogram_quantiles(histogram_buckets(metrics, f"streamscore_{name}_latency_seconds"))
+        for name in ("arrival", "processing")
+    ]
 
     offered = f"offered at {rate:,.0f}/s" if rate else "offered unpaced"
     table = Table(title="streamscore demo", show_header=False)
@@ -197,6 +209,8 @@ def _summary(
         ("per-key order violations", f"{disorder}"),
         ("throughput", f"{len(scored) / seconds:,.0f} events/s over {seconds:.1f}s ({offered})"),
         ("end-to-end latency p50 / p99", f"{p50:.1f} ms / {p99:.1f} ms"),
+        ("  of which before the worker", _ms(*shares[0])),
+        ("  of which in the worker", _ms(*shares[1])),
         ("mean batch size", f"{batch_mean:.1f} ({batches:.0f} batches)"),
     ]  # fmt: skip
     for name, text in rows:
@@ -206,3 +220,7 @@ def _summary(
     console.print("[bold green]OK[/]: every valid event scored, every malformed one "
                   "dead-lettered, in order per key" if ok else "[bold red]FAILED[/]")  # fmt: skip
     return ok
+
+
+def _ms(p50_s: float, p99_s: float) -> str:
+    return f"{p50_s * 1000:.1f} ms / {p99_s * 1000:.1f} ms"

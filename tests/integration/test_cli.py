@@ -89,3 +89,26 @@ def test_train_is_deterministic_and_regenerates_the_packaged_model(tmp_path: Pat
     raw = build_features(events, world.feature_table())
     ours, theirs = load_artifact(outs[0]).predict(raw), load_artifact(packaged_dir).predict(raw)
     assert float(np.abs(ours - theirs).max()) < 0.01
+
+
+@pytest.mark.broker
+def test_demo_scores_every_event_and_says_where_the_latency_goes() -> None:
+    result = subprocess.run(
+        [*COMMAND, "demo", "--events", "2000", "--rate", "1000", "--entities", "100"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every valid event scored" in result.stdout
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) == 4:
+            rows[cells[1]] = cells[2]
+    assert rows["events published"] == "2010 (2000 valid, 10 malformed)"
+    assert rows["scored"] == "2000 (duplicates: 0)"
+    assert rows["dead letters"] == "10"
+    assert rows["unscored valid events"] == "0"
+    assert rows["per-key order violations"] == "0"
+    for share in ("of which before the worker", "of which in the worker"):
+        p50, p99 = (float(x.removesuffix(" ms")) for x in rows[share].split(" / "))
+        assert 0 <= p50 <= p99 < 60_000, (share, rows[share])

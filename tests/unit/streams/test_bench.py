@@ -22,12 +22,12 @@ from streams.benchmarks.measure import (
     RssMonitor,
     _event_id,
     bucket_percentiles,
-    histogram_buckets,
 )
 from streams.benchmarks.preload import InputStream, Workload
 from streams.benchmarks.report import markdown
 from streams.benchmarks.runner import Options, Phase, Results
 from streams.decode import decode_events
+from streams.harness import histogram_buckets
 
 
 def test_backlog_mixes_the_malformed_share_into_the_events() -> None:
