@@ -51,16 +51,12 @@ class Config:
 
     @property
     def scores(self) -> bool:
-        """Whether it scores events (the peers without a model only pass records on)."""
+        """Whether it scores events and dead-letters malformed ones (the peers without a
+        model pass every record on)."""
         return self.kind in (Kind.STREAMSCORE, Kind.NAIVE_FAUST)
 
     @property
     def reads_features(self) -> bool:
-        return self.scores
-
-    @property
-    def dead_letters(self) -> bool:
-        """Malformed records go to the DLQ (otherwise: passed through to the output)."""
         return self.scores
 
 
