@@ -81,9 +81,10 @@ class ScoreBatch:
     Each score is a small msgspec struct (cheaper to make than a dict), and
     the batch is encoded as JSON lines in one call, then cut at the newlines,
     which JSON text only holds between values (a newline inside a string is
-    escaped): under half the cost of a dict per score through orjson. The
-    output of each score parses to exactly what ``Score(...).model_dump()``
-    would give (tests compare the two).
+    escaped): 1.1 µs per score against 1.6-2.3 for a dict per score through
+    orjson (``python -m streams.benchmarks.stage_probe``). The output of each
+    score parses to exactly what ``Score(...).model_dump()`` would give (tests
+    compare the two).
     """
 
     __slots__ = ("_rows",)
