@@ -67,6 +67,17 @@ RENEW_PRODUCER_ERRORS = frozenset(
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
+#: librdkafka's own default (and the Java client's 1 MiB less a little); raised to what the
+#: dead-letter topic takes (:class:`streams.topics.RecordLimits`).
+PRODUCER_MESSAGE_BYTES = 1_000_000
+#: The largest ``message.max.bytes`` librdkafka accepts.
+MAX_PRODUCER_MESSAGE_BYTES = 1_000_000_000
+
+#: Errors meaning "too large for the producer or the broker": a dead letter is cut to fit.
+SIZE_ERRORS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE}
+)
+
 
 class Outgoing(NamedTuple):
     """One message to produce; ``partition=None`` lets the key choose (murmur2, as in Java).
@@ -126,10 +137,11 @@ class ProducerLike(Protocol):
 
 
 class _Attempt:
-    """Counts one send attempt's delivery reports on the polling thread."""
+    """Counts one send attempt's delivery reports (polling thread) and local refusals (loop)."""
 
     __slots__ = (
-        "_done", "_loop", "_remaining", "failed", "offsets", "producer", "size", "track_offsets",
+        "_done", "_lock", "_loop", "_remaining", "failed", "offsets", "producer", "size",
+        "track_offsets",
     )  # fmt: skip
 
     def __init__(
@@ -148,6 +160,13 @@ class _Attempt:
         self.track_offsets = track_offsets
         self.failed: list[tuple[Outgoing, KafkaError]] = []
         self.offsets: dict[tuple[str, int], int] = {}
+        # Reports come from the polling thread, refusals from the loop: the count is shared.
+        self._lock = threading.Lock()
+
+    def refuse(self, message: Outgoing, error: KafkaError) -> None:
+        """librdkafka would not even queue ``message`` (e.g. larger than it accepts): a failure."""
+        self.failed.append((message, error))
+        self._count()
 
     def ack(self, error: KafkaError | None, message: Any) -> None:
         """librdkafka's delivery report for one message (polling thread)."""
@@ -162,8 +181,13 @@ class _Attempt:
             offset = message.offset()
             if offset > self.offsets.get(key, -1):
                 self.offsets[key] = offset
-        self._remaining -= 1  # only the polling thread runs this
-        if self._remaining == 0:
+        self._count()
+
+    def _count(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
             self._loop.call_soon_threadsafe(self._done, self)
 
 
@@ -192,11 +216,13 @@ class Emitter:
         max_queued: int,
         delivery_timeout_ms: int = 30_000,
         retries_before_stall: int = 5,
+        max_message_bytes: int = PRODUCER_MESSAGE_BYTES,
         producer_factory: Callable[[], ProducerLike] | None = None,
     ) -> None:
         self._queue_limit = max(100_000, max_queued)
         config: dict[str, Any] = {
             **client_config,
+            **producer_size_config(max_message_bytes),
             "client.id": client_id,
             "enable.idempotence": True,  # acks=all, and order kept through retries
             "linger.ms": 1,
@@ -230,6 +256,8 @@ class Emitter:
         self.stalled: str | None = None  # why outputs are not getting through, if they are not
         self.on_stall: Callable[[str | None], None] = lambda reason: None
         self.on_retry: Callable[[int], None] = lambda count: None  # outputs overdue or resent
+        #: Seconds from a group handed over to all of it acknowledged (a histogram's observe).
+        self.on_acked: Callable[[float], None] = lambda seconds: None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -309,9 +337,10 @@ class Emitter:
                 queued = producer.produce_batch(messages.topic, batch, on_delivery=ack)
             except KafkaException as exc:
                 raise EmitError(f"cannot produce to {messages.topic!r}: {exc}") from exc
-            if queued != len(batch):
-                error = next((m["_error"] for m in batch if "_error" in m), None)
-                raise EmitError(f"cannot produce to {messages.topic!r}: {error}")
+            if queued != len(batch):  # refused one by one: each a failure of this group
+                for m in batch:
+                    if "_error" in m:
+                        attempt.refuse(Outgoing(messages.topic, m["key"], m["value"]), m["_error"])
             return
         produce = producer.produce
         for message in messages:
@@ -330,7 +359,11 @@ class Emitter:
                     # librdkafka's local queue is full: let the polling thread catch up.
                     self._producer.poll(0.005)
                 except KafkaException as exc:
-                    raise EmitError(f"cannot produce to {message.topic!r}: {exc}") from exc
+                    # Refused before it was queued (larger than the producer takes, say): a
+                    # failure of this message, reported to its group like a broker's refusal.
+                    # Raising here would stop the worker on a record it reads again at start.
+                    attempt.refuse(message, _kafka_error(exc))
+                    break
 
     def _attempt_done(self, attempt: _Attempt, group: _Group) -> None:
         report = group.report
@@ -351,6 +384,7 @@ class Emitter:
                 self._retrying.discard(id(group))
                 self._release()
             report.acked_at = time.time()
+            self.on_acked(time.monotonic() - group.sent_at)
             group.callback(report)
             self._check()
             return
@@ -430,6 +464,23 @@ class Emitter:
         if remaining:
             log.error("%d messages were not delivered before shutdown", remaining)
         return remaining
+
+
+def producer_size_config(max_message_bytes: int) -> dict[str, Any]:
+    """librdkafka settings for messages up to ``max_message_bytes`` (a large dead letter).
+
+    ``batch.size`` stays at its default or below the limit: a batch of several messages
+    must fit the topic too, and one message larger than a batch goes in a batch of its own.
+    """
+    limit = max(1_000, min(MAX_PRODUCER_MESSAGE_BYTES, max_message_bytes))
+    return {"message.max.bytes": limit, "batch.size": min(1_000_000, limit)}
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError:
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return error
+    return KafkaError(KafkaError._FAIL, str(exc))
 
 
 def _log_client_error(error: KafkaError) -> None:

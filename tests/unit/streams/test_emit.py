@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from streams import emit
 from streams.emit import Delivered, Emitter, Keyed, Outgoing
@@ -49,8 +49,11 @@ class FakeProducer:
         self.offset = 0
         self.batch_calls = 0
         self.queued_elsewhere = 0  # messages librdkafka holds that this fake does not model
+        self.max_bytes: int | None = None  # larger values are refused before queueing
 
     def produce(self, topic: str, **kwargs: Any) -> None:
+        if self.max_bytes is not None and len(kwargs["value"] or b"") > self.max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         partition = kwargs["partition"] if kwargs["partition"] >= 0 else 0
         message = FakeMessage(topic, kwargs["key"], kwargs["value"], partition, self.offset)
         self.offset += 1
@@ -59,12 +62,18 @@ class FakeProducer:
 
     def produce_batch(self, topic: str, messages: list[dict[str, Any]], **kwargs: Any) -> int:
         self.batch_calls += 1
+        queued = 0
         for m in messages:  # partitioned by key, as librdkafka's partitioner does
-            self.produce(
-                topic, key=m["key"], value=m["value"], partition=-1,
-                on_delivery=kwargs["on_delivery"],
-            )  # fmt: skip
-        return len(messages)
+            try:
+                self.produce(
+                    topic, key=m["key"], value=m["value"], partition=-1,
+                    on_delivery=kwargs["on_delivery"],
+                )  # fmt: skip
+            except KafkaException as exc:  # as librdkafka: the error goes in the message
+                m["_error"] = exc.args[0]
+                continue
+            queued += 1
+        return queued
 
     def poll(self, timeout: float) -> int:
         return 0
@@ -264,4 +273,57 @@ async def test_a_fenced_producer_is_replaced_and_the_messages_sent_on_the_new_on
     made[1].acknowledge()
     await until(lambda: reports)
     assert reports[0].failures == []
+    await em.close()
+
+
+async def test_a_message_the_producer_refuses_to_queue_is_a_failure_of_its_group() -> None:
+    # librdkafka refuses a message over its message.max.bytes before queueing it; raising
+    # would stop the worker on a record it reads again after every restart.
+    em, producer, _ = emitter()
+    producer.max_bytes = 10
+    reports: list[Delivered] = []
+    em.send(messages(b"small", b"x" * 11, b"also small"), reports.append)
+    assert producer.produced == [b"small", b"also small"]
+    producer.acknowledge()
+    await until(lambda: reports)
+    [(refused, error)] = reports[0].failures
+    assert refused.value == b"x" * 11
+    assert error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+    await em.close()
+
+
+async def test_refusals_of_a_batch_call_are_failures_and_the_rest_is_delivered() -> None:
+    em, producer, _ = emitter()
+    producer.max_bytes = 3
+    reports: list[Delivered] = []
+    em.send(Keyed("t", [b"k1", b"k2", b"k3"], [b"abcd", b"ab", b"abcde"]), reports.append)
+    assert producer.produced == [b"ab"]
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert sorted(m.value for m, _ in reports[0].failures) == [b"abcd", b"abcde"]
+    assert {e.code() for _, e in reports[0].failures} == {KafkaError.MSG_SIZE_TOO_LARGE}
+    await em.close()
+
+
+async def test_a_group_refused_whole_is_still_reported() -> None:
+    em, producer, _ = emitter()
+    producer.max_bytes = 0
+    reports: list[Delivered] = []
+    em.send(messages(b"a", b"b"), reports.append)
+    await until(lambda: reports)
+    assert len(reports[0].failures) == 2
+    await em.close()
+
+
+async def test_acknowledgement_time_is_reported_per_group() -> None:
+    em, producer, _ = emitter()
+    waits: list[float] = []
+    em.on_acked = waits.append
+    reports: list[Delivered] = []
+    em.send(messages(b"a"), reports.append)
+    await asyncio.sleep(0.02)
+    producer.acknowledge()
+    await until(lambda: reports)
+    assert len(waits) == 1
+    assert 0.02 <= waits[0] < 5
     await em.close()
