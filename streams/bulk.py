@@ -13,6 +13,15 @@ which for bulk partitions answers from :class:`streams.flow.Flow` (the lowest
 offset whose output is not yet acknowledged). Rebalances and shutdown drain
 the flow before Faust commits (:meth:`BulkConsumer.wait_empty`).
 
+A partition can be revoked at any moment between the fetch that brought a
+record and the use of that record (a rebalance, or a member woken from a long
+pause after the group moved on without it). Every operation on a partition
+here is safe against that: a chunk carries the intake epoch of the moment its
+fetch *began*, and revocation moves the epoch on before Faust closes the
+partition's tables, so no stale chunk reaches a table; seeks and commits skip
+partitions no longer assigned instead of raising (aiokafka's
+``IllegalStateError``, which would stop the fetcher and the worker).
+
 This leans on private methods of faust-streaming 0.15.3 (pinned), all in
 this one module: ``_drain_messages``, ``_wait_next_records``, the consumer
 thread's ``_fetch_records``,
@@ -31,6 +40,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from time import monotonic
 from typing import Any, NamedTuple, Protocol, cast
 
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.structs import OffsetAndMetadata
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -79,6 +90,33 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._isolation_level = "read_committed"
         return consumer
 
+    async def _commit(self, offsets: Any) -> bool:
+        """Faust's commit, but a partition revoked meanwhile is skipped, not a crash.
+
+        Faust stops the worker on ``IllegalStateError``; the offsets of a partition
+        this member no longer owns are the new owner's to commit.
+        """
+        consumer = self._ensure_consumer()
+        assigned = self.assignment()
+        owned = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        try:
+            await consumer.commit(
+                {
+                    faust_aiokafka.ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
+                    for tp, offset in owned.items()
+                }
+            )
+        except IllegalStateError as exc:
+            log.warning("commit skipped: a partition was revoked meanwhile (%s)", exc)
+            return False
+        except CommitFailedError as exc:
+            if "already rebalanced" in str(exc):
+                return False
+            raise
+        now = monotonic()
+        self.tp_last_committed_at.update(dict.fromkeys(owned, now))
+        return True
+
 
 class BulkConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a bulk fetch loop for some topics."""
@@ -122,7 +160,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
         for tp in assigned:
             if tp.topic not in self._sinks:
                 continue
-            end = self.highwater(tp)
+            try:
+                end = self.highwater(tp)
+            except IllegalStateError:  # revoked since the assignment was read
+                continue
             done = flow.committable(tp)
             if done is None:
                 done = self._committed_offset.get(tp)
@@ -131,6 +172,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
         return lags
 
     # -- fetching --------------------------------------------------------------------------
+    #: The flow's intake epoch when the last fetch began: its records carry it.
+    _fetch_epoch: int = 0
+
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
         """Faust's version, but leaves backpressured partitions out of the fetch."""
         if not self.flow_active:
@@ -146,6 +190,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 return {}, set()
             active: set[TP] = self._get_active_partitions()
             if active:
+                # Stamped before the fetch: a revocation while it is out makes it stale.
+                self._fetch_epoch = flow.intake_epoch if flow is not None else 0
                 return await self._fetch(active, timeout), active
             await self.sleep(1)
             return {}, active
@@ -186,21 +232,28 @@ class BulkConsumer(faust_aiokafka.Consumer):
         thread = self._thread
         consumer = thread._ensure_consumer()
         bulk = [tp for tp in active if tp.topic in self._sinks]
+        revoked: set[TP] = set()
         for tp in bulk:
             position = self._flow.tracker.next_offset(tp) if self._flow is not None else None
-            if position is None:
-                committed = await thread.call_thread(consumer.committed, tp)
-                position = committed if committed is not None else 0
-            thread.seek(tp, position)
+            try:
+                if position is None:
+                    committed = await thread.call_thread(consumer.committed, tp)
+                    position = committed if committed is not None else 0
+                thread.seek(tp, position)
+            except IllegalStateError:  # revoked meanwhile: the new owner reads it
+                revoked.add(tp)
         fetched: dict[TP, list[Any]] = {}
-        for tp in active:
+        for tp in active - revoked:
             got: list[Any] = []
             while len(got) < limit:
                 try:
                     batch = await self._fetch_records({tp}, 0.5, 1)
                 except UnicodeDecodeError as error:
-                    offset = await thread.position(tp)
-                    if offset is None:  # no position: nothing to find here
+                    try:
+                        offset = await thread.position(tp)
+                    except IllegalStateError:
+                        offset = None
+                    if offset is None:  # no position (revoked meanwhile): nothing to find
                         break
                     reason = f"the client cannot decode it: {error}"
                     config = self.client_config or {"bootstrap.servers": self.transport.url}
@@ -235,7 +288,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                     # from the committed offsets once it resumes.
                     await self.perform_seek()
                     continue
-                await self._dispatch(records, active)
+                await self._dispatch(records, active, self._fetch_epoch)
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -251,10 +304,11 @@ class BulkConsumer(faust_aiokafka.Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
-    async def _dispatch(self, records: dict[TP, list[Any]], active: set[TP] | None) -> None:
+    async def _dispatch(
+        self, records: dict[TP, list[Any]], active: set[TP] | None, epoch: int
+    ) -> None:
         generation = self.app.consumer_generation_id
         flow = self._flow
-        epoch = flow.intake_epoch if flow is not None else 0
         inbound = self.app.monitor.stream_inbound_time
         chunks: dict[str, list[tuple[TP, Sequence[Any]]]] = {}
         now, fetched_at = monotonic(), time.time()
@@ -329,6 +383,22 @@ class BulkConsumer(faust_aiokafka.Consumer):
         result: int | None = super()._new_offset(tp)
         return result
 
+    async def perform_seek(self) -> None:
+        """Faust's seek back to the committed offsets, safe against a revocation meanwhile.
+
+        aiokafka seeks partition by partition, awaiting each committed offset; a
+        rebalance in between leaves it seeking a partition it no longer has
+        (``IllegalStateError``). The new assignment starts from the committed offsets
+        anyway; the seek is tried again on it so that kept partitions are re-read too.
+        """
+        for _ in range(3):
+            try:
+                await super().perform_seek()
+                return
+            except IllegalStateError as exc:
+                log.warning("the assignment changed during a seek (%s): seeking again", exc)
+        log.warning("the assignment kept changing during seeks: leaving it to the next one")
+
     # -- rebalance and shutdown ------------------------------------------------------------
     async def wait_empty(self) -> None:
         """Finish (or abandon) in-flight bulk work, then let Faust commit and finish its own."""
@@ -339,6 +409,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
         await super().wait_empty()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self._flow is not None:
+            # Before Faust closes the partitions' tables: nothing fetched until now may be
+            # admitted any more (Faust drains only when it still sees an assignment).
+            self._flow.stop_intake()
         await super().on_partitions_revoked(revoked)  # Faust drains (wait_empty) and commits
         if self._flow is not None:
             self._flow.forget(tp for tp in revoked if tp.topic in self._sinks)

@@ -145,9 +145,13 @@ class Flow:
             return False
         return True
 
+    def stop_intake(self) -> None:
+        """Refuse every chunk fetched until now (a revocation: they are re-read after it)."""
+        self.intake_epoch += 1
+
     async def drain(self, timeout: float) -> bool:
         """Stop intake and finish what is in flight; ``False`` (and abandon it) on timeout."""
-        self.intake_epoch += 1
+        self.stop_intake()
         if not await self.quiesce(timeout):
             log.error(
                 "drain gave up after %.1fs with %d events in flight; they will be re-read "
