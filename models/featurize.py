@@ -117,6 +117,16 @@ class History:
     seconds_since_last: list[float]  # NaN when no earlier event
     final: dict[str, Aggregate]  # entities whose history changed (or was replayed)
 
+    def unknown(self, rows: Sequence[bool]) -> History:
+        """The same, with the history of the marked rows unknown (imputed by the model)."""
+        nan = math.nan
+        return History(
+            [nan if u else v for v, u in zip(self.count, rows, strict=True)],
+            [nan if u else v for v, u in zip(self.mean_amount, rows, strict=True)],
+            [nan if u else v for v, u in zip(self.seconds_since_last, rows, strict=True)],
+            self.final,
+        )
+
 
 def roll(
     entities: Sequence[str],

@@ -21,6 +21,13 @@ SOURCE_PARTITION = "dlq.source.partition"
 SOURCE_OFFSET = "dlq.source.offset"
 SOURCE_TIMESTAMP = "dlq.source.timestamp"
 APP = "dlq.app"
+PREFIX = "dlq."
+# Only on a dead letter that had to be cut to fit the DLQ topic (see streams.deadletters).
+VALUE_BYTES = "dlq.value.bytes"  # the original value's length
+VALUE_SHA256 = "dlq.value.sha256"  # hex SHA-256 of the original value
+KEY_BYTES = "dlq.key.bytes"  # the original key's length, where the key was cut too
+KEY_SHA256 = "dlq.key.sha256"
+HEADERS_DROPPED = "dlq.headers.dropped"  # how many of the record's own headers were left out
 HEADER_NAMES: tuple[str, ...] = (
     STAGE,
     ERROR_CLASS,

@@ -92,13 +92,6 @@ class FeaturePipeline:
 
     def _send_dead_letters(self, dead: list[DeadLetter], generation: int) -> None:
         records = [letter.record for letter in dead]
-
-        def delivered(report: Delivered) -> None:
-            if report.failures:
-                self._on_fatal(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
-                return
-            self.dead_letters.delivered(dead, events=False)
-            self.flow.finish_records(records, generation)
-
-        sources = [TP(r.topic, r.partition) for r in records] if self._per_source else None
-        self.emitter.send(self.dead_letters.messages(dead), delivered, source=sources)
+        self.dead_letters.send(
+            dead, lambda: self.flow.finish_records(records, generation), events=False
+        )

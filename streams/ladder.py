@@ -131,6 +131,7 @@ class Outcome:
     route: npt.NDArray[np.int8]  # Route code per row
     failures: dict[int, Exception] = field(default_factory=dict)  # rows to dead-letter
     seconds: dict[ModelKey, float] = field(default_factory=dict)  # model time by model
+    timeouts: dict[ModelKey, int] = field(default_factory=dict)  # calls past the model timeout
     deadline_missed: int = 0
     #: The model behind each route code of this batch (None: the default score, or none).
     models: list[Inference | None] = field(default_factory=list)
@@ -153,6 +154,7 @@ class Outcome:
             self.route[list(rows)],
             {index[r]: e for r, e in self.failures.items() if r in index},
             self.seconds,
+            self.timeouts,
             self.deadline_missed,
             self.models,
             self.escalation_failures,
@@ -244,17 +246,18 @@ class Ladder:
         """``inference`` on ``rows`` of ``raw`` within the model timeout; None if it failed."""
         subset = raw if len(rows) == len(raw) else raw.select(rows)
         started = time.perf_counter()
+        key = model_key(inference)
         try:
             scored = await asyncio.wait_for(inference.score(subset), self.timeout)
         except TimeoutError:
             log.error(
                 "model %s did not answer within %.0f ms", inference.model.name, self.timeout * 1e3
             )
+            outcome.timeouts[key] = outcome.timeouts.get(key, 0) + 1
             scored = None
         except Exception as exc:  # a failure outside the isolating retry: treat as systemic
             log.error("model %s failed: %r", inference.model.name, exc)
             scored = None
-        key = model_key(inference)
         spent = scored.seconds if scored is not None else time.perf_counter() - started
         outcome.seconds[key] = outcome.seconds.get(key, 0.0) + spent
         return scored

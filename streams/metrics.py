@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -37,6 +45,8 @@ DIFF_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3
 ROLLBACK_REASONS = ("error_rate", "latency", "score_distribution")
 SHED_REASONS = ("overload", "failed")
 OUTCOMES = ("scored", "degraded", "dlq")
+#: Why an event was scored on partly imputed features (see streams.features).
+DEGRADED_REASONS = ("state_unreadable", "profile_undecodable", "history_undecodable")
 
 
 class BulkHistogram(Collector):
@@ -117,6 +127,13 @@ class Metrics:
     plans_applied: Counter
     plans_rejected: Counter
     escalation_failures: Counter
+    dlq_cut: Counter
+    degraded_features: Counter
+    model_load: Gauge
+    model_warmup: Gauge
+    model_timeouts: Counter
+    feature_read: Histogram
+    ack_latency: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -236,7 +253,49 @@ class Metrics:
                 "Escalated events the heavier model could not score (they keep the first score).",
                 registry=registry,
             ),
+            dlq_cut=Counter(
+                "streamscore_dlq_cut",
+                "Dead letters cut to fit the DLQ topic (dlq.value.bytes and dlq.value.sha256"
+                " say what the value was).",
+                registry=registry,
+            ),
+            degraded_features=Counter(
+                "streamscore_degraded_features",
+                "Events scored on partly imputed features because their state could not be"
+                " read (score degraded=true), by reason.",
+                ["reason"], registry=registry,
+            ),
+            model_load=Gauge(
+                "streamscore_model_load_seconds",
+                "Time the model took to load (read, verify, move to its device).",
+                ["model", "version"], registry=registry,
+            ),
+            model_warmup=Gauge(
+                "streamscore_model_warmup_seconds",
+                "Time the model's warm-up batches took before it took traffic.",
+                ["model", "version"], registry=registry,
+            ),
+            model_timeouts=Counter(
+                "streamscore_model_timeouts",
+                "Model calls that did not answer within STREAMSCORE_MODEL_TIMEOUT_MS.",
+                ["model", "version"], registry=registry,
+            ),
+            feature_read=Histogram(
+                "streamscore_feature_read_seconds",
+                "Time to read a chunk's state (its multi-gets) for its features.",
+                buckets=MODEL_BUCKETS, registry=registry,
+            ),
+            ack_latency=Histogram(
+                "streamscore_ack_latency_seconds",
+                "From outputs handed to the producer to the broker's acknowledgement of all of"
+                " them (one observation per batch of scores, dead letters or state writes).",
+                buckets=LATENCY_BUCKETS, registry=registry,
+            ),
         )  # fmt: skip
+        # The process itself: CPU seconds, resident memory, open file descriptors, GC.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         for outcome in OUTCOMES:  # every series exists from the start, at 0
             metrics.events.labels(outcome)
         for stage in STAGES:
@@ -245,4 +304,6 @@ class Metrics:
             metrics.rollbacks.labels(reason)
         for reason in SHED_REASONS:
             metrics.shadow_shed.labels(reason)
+        for reason in DEGRADED_REASONS:
+            metrics.degraded_features.labels(reason)
         return metrics

@@ -69,14 +69,20 @@ class Models:
         )
         if path in self._loaded:
             return self._loaded[path]
+        started = time.perf_counter()
         inference = await loop.run_in_executor(
             None, Inference.load, path, self.device, settings.execution()
         )
+        loaded = time.perf_counter()
         if settings.torch_threads:
             inference.threads = settings.torch_threads
         await inference.warm_up((1, settings.max_batch_size))
         model = inference.model
-        self.metrics.model_compute.labels(model.name, model.version, str(model.device))
+        metrics = self.metrics
+        metrics.model_load.labels(model.name, model.version).set(loaded - started)
+        metrics.model_warmup.labels(model.name, model.version).set(time.perf_counter() - loaded)
+        metrics.model_timeouts.labels(model.name, model.version)
+        metrics.model_compute.labels(model.name, model.version, str(model.device))
         options = model.executor.options
         log.info(
             "model %s loaded from %s on %s (%s, compile %s, largest score difference from "

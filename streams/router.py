@@ -188,6 +188,8 @@ def _merge(outcome: Outcome, sub: Outcome, rows: list[int]) -> None:
         outcome.failures[rows[position]] = exc
     for key, seconds in sub.seconds.items():
         outcome.seconds[key] = outcome.seconds.get(key, 0.0) + seconds
+    for key, count in sub.timeouts.items():
+        outcome.timeouts[key] = outcome.timeouts.get(key, 0) + count
     outcome.deadline_missed += sub.deadline_missed
 
 

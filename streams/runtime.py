@@ -19,7 +19,7 @@ from schemas.rollout import PlanError, RolloutPlan
 from streams.bulk import BulkConsumer, Sink
 from streams.control import ensure_control_topic, read_plan_and_end
 from streams.deadletters import DeadLetterSink
-from streams.emit import Emitter
+from streams.emit import Emitter, producer_size_config
 from streams.errors import BrokerError
 from streams.feature_agent import FeaturePipeline
 from streams.features import FeatureStage
@@ -96,9 +96,12 @@ class Runtime:
         deployment = await self.plans.start(plan, plan_error)
 
         emitter: Emitter | TransactionalEmitter
+        limits = self.cluster.limits
         if settings.processing_guarantee == "exactly_once":
             emitter = TransactionalEmitter(
-                settings.kafka_client_config(), app_id=settings.app_id, on_error=on_error
+                {**settings.kafka_client_config(), **producer_size_config(limits.dead_letters)},
+                app_id=settings.app_id,
+                on_error=on_error,
             )
             emitter.start(loop)
             self.exactly_once = ExactlyOnce(
@@ -118,9 +121,11 @@ class Runtime:
                 max_queued=8 * settings.max_in_flight,
                 delivery_timeout_ms=settings.delivery_timeout_ms,
                 retries_before_stall=settings.emit_retries,
+                max_message_bytes=limits.dead_letters,
             )
             emitter.on_stall = lambda reason: self.flow.hold("emit", reason)
             emitter.on_retry = self.metrics.emit_retries.inc
+            emitter.on_acked = self.metrics.ack_latency.observe
             emitter.start(loop)
         self.emitter = emitter
 
@@ -129,7 +134,14 @@ class Runtime:
             log.error("intake stopped for good: %s", exc)
             self.flow.hold("stuck", f"stopped: {exc}")
 
-        dead_letters = DeadLetterSink(settings.dlq_topic, settings.app_id, self.metrics)
+        dead_letters = DeadLetterSink(
+            settings.dlq_topic,
+            settings.app_id,
+            self.metrics,
+            emitter=emitter,
+            max_bytes=limits.dead_letters,
+            on_fatal=fatal,
+        )
         profiles = TableState(profiles_table)
         self.scoring = ScoringPipeline(
             flow=self.flow,

@@ -64,6 +64,7 @@ class ScoringPart:
     generation: int
     fetched_at: float  # wall clock when the chunk was fetched
     stamps: npt.NDArray[np.float64]  # each event's record timestamp, epoch seconds (0: none)
+    degraded: npt.NDArray[np.bool_]  # each event's features partly imputed (unreadable state)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -72,11 +73,11 @@ class ScoringPart:
         cls = type(self)
         head = cls(
             self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation,
-            self.fetched_at, self.stamps[:n],
+            self.fetched_at, self.stamps[:n], self.degraded[:n],
         )  # fmt: skip
         tail = cls(
             self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
-            self.generation, self.fetched_at, self.stamps[n:],
+            self.generation, self.fetched_at, self.stamps[n:], self.degraded[n:],
         )  # fmt: skip
         return head, tail
 
@@ -152,7 +153,8 @@ class ScoringPipeline:
         version = model.version if model is not None else DEFAULT_VERSION
         made = _Producer(
             name, version, route, degraded, metrics.scores.labels(name, version, route),
-            ScoreEncoder(name, version, degraded, route), model,
+            ScoreEncoder(name, version, degraded, route), ScoreEncoder(name, version, True, route),
+            model,
         )  # fmt: skip
         self._producers[key] = made
         return made
@@ -190,6 +192,9 @@ class ScoringPipeline:
             self._send_dead_letters(dead, generation)
         if not prepared.keep:
             return
+        self.metrics.feature_read.observe(prepared.read_seconds)
+        for reason, count in prepared.degraded_reasons.items():
+            self.metrics.degraded_features.labels(reason).inc(count)
         state = self._write_state(prepared.changelog, decoded.records[0].topic)
         if len(prepared.keep) == len(decoded.records):
             kept_records, kept_events = decoded.records, decoded.items
@@ -204,8 +209,9 @@ class ScoringPipeline:
         if oldest > 0:  # every record carries a timestamp (producers' clocks may run ahead)
             self.metrics.arrival.observe_many(np.maximum(chunk.fetched_at - stamps, 0.0))
         part = ScoringPart(
-            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at, stamps
-        )
+            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at, stamps,
+            prepared.degraded,
+        )  # fmt: skip
         await self.batcher.put(part, age=time.time() - oldest if oldest > 0 else 0.0)
 
     def _write_state(self, changelog: list[Outgoing], source_topic: str) -> asyncio.Future[None]:
@@ -236,16 +242,7 @@ class ScoringPipeline:
         states: Sequence[asyncio.Future[None]] = (),
     ) -> None:
         records = [letter.record for letter in dead]
-
-        def delivered(report: Delivered) -> None:
-            if report.failures:
-                self._fail(EmitError(f"dead letter not delivered: {report.failures[0][1]}"))
-                return
-            self.dead_letters.delivered(dead)
-            self._finish_after(states, records, generation)
-
-        sources = _record_sources(records) if self._per_source else None
-        self.emitter.send(self.dead_letters.messages(dead), delivered, source=sources)
+        self.dead_letters.send(dead, lambda: self._finish_after(states, records, generation))
 
     def _finish_after(
         self, states: Sequence[asyncio.Future[None]], records: list[Record], generation: int
@@ -284,6 +281,8 @@ class ScoringPipeline:
         for key, seconds in result.seconds.items():
             metrics.model_latency.observe(seconds)
             metrics.model_compute.labels(*key).inc(seconds)
+        for (name, version, _), count in result.timeouts.items():
+            metrics.model_timeouts.labels(name, version).inc(count)
         if result.deadline_missed:
             metrics.deadline_missed.inc(result.deadline_missed)
         if result.escalation_failures:
@@ -318,22 +317,28 @@ class ScoringPipeline:
         producers = self._producers_for(outcome)
         counts = [0] * len(producers)  # per route code
         encoders = [p.encoder if p is not None else None for p in producers]
+        imputed = [p.encoder_degraded if p is not None else None for p in producers]
         routes = outcome.route.tolist()
         scores = outcome.scores.tolist()
         scored_per_part: list[int] = []
+        degraded_rows = 0  # scored on partly imputed features by a rung that is not degraded
         row = 0
         for part in parts:
             before = len(sources)
-            for record, event in zip(part.records, part.events, strict=True):
+            flags = part.degraded.tolist() if part.degraded.any() else None
+            for index, (record, event) in enumerate(zip(part.records, part.events, strict=True)):
                 route = routes[row]
                 if route == Route.FAILED:
                     failure = outcome.failures.get(row) or InferenceError("no score")
                     dead.append(DeadLetter(record, "model", type(failure).__name__, str(failure)))
                     row += 1
                     continue
+                encoder = encoders[route]  # a code that scored has an encoder
+                if flags is not None and flags[index]:
+                    encoder = imputed[route]
+                    degraded_rows += not producers[route].degraded
                 add(
-                    encoders[route],  # a code that scored has an encoder
-                    event["event_id"], event["entity_id"], scores[row], event["ts"],
+                    encoder, event["event_id"], event["entity_id"], scores[row], event["ts"],
                     scored_ts, record.topic, record.partition, record.offset,
                 )  # fmt: skip
                 keys.append(record.key)
@@ -346,6 +351,13 @@ class ScoringPipeline:
             self._send_dead_letters(dead, generation, states)
         if not sources:
             return
+        # A score is never too large for a broker, so it needs no cutting as dead letters
+        # do: its only unbounded fields, the event id and entity id, come from an event of
+        # at most 64 KiB, and JSON writes a string in no more bytes than it was read from
+        # (what was escaped in the event is escaped alike, the rest is copied), so a score
+        # is at most 64 KiB plus a few hundred bytes of fixed fields, with a key as long as
+        # the event's. Should a broker refuse one all the same, its event is dead-lettered
+        # (stage ``emit``, ``_emit_failed``), and the worker goes on.
         messages = Keyed(self.scores_topic, keys, batch.encode())
         stamps = _stamps(parts)
         emitted = outcome.route != Route.FAILED
@@ -365,6 +377,8 @@ class ScoringPipeline:
                         degraded += count
                     else:
                         scored += count
+            scored -= degraded_rows
+            degraded += degraded_rows
             events.labels("scored").inc(scored)
             if degraded:
                 events.labels("degraded").inc(degraded)
@@ -503,6 +517,7 @@ class _Producer:
     degraded: bool
     scores: Counter
     encoder: ScoreEncoder
+    encoder_degraded: ScoreEncoder  # for an event scored on partly imputed features
     model: LoadedModel | None  # the exact model loaded (a reloaded one gets a new producer)
 
 

@@ -74,6 +74,16 @@ def original_headers(headers: HeaderList) -> list[Header]:
     return [(name, value) for name, value in headers if not name.startswith(DLQ_PREFIX)]
 
 
+def was_cut(headers: HeaderList) -> bool:
+    """Whether the dead letter was cut to fit (the notes after its own ``dlq.*`` headers)."""
+    names = [name for name, _ in headers]
+    if deadletter.APP not in names:
+        return False
+    ours = len(names) - names[::-1].index(deadletter.APP)
+    cut = {deadletter.VALUE_BYTES, deadletter.KEY_BYTES, deadletter.HEADERS_DROPPED}
+    return any(name in cut for name in names[ours:])
+
+
 def parse_since(text: str) -> int:
     """Epoch milliseconds of ``--since``: epoch seconds or ISO 8601 (UTC when no zone)."""
     try:
@@ -102,6 +112,8 @@ def to_replay(message: Message, inputs: frozenset[str]) -> Replay | str:
         return "not a dead letter (no dlq.stage/dlq.source.* headers)"
     if topic not in inputs:
         return f"source topic {topic!r} is not an input of this app"
+    if was_cut(headers):
+        return "cut to fit the DLQ topic (dlq.value.bytes): the whole record is not there to replay"
     dlq_partition, dlq_offset = position(message)
     return Replay(
         dlq_partition=dlq_partition,

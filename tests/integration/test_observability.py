@@ -154,6 +154,18 @@ def test_prometheus_sees_what_the_worker_did_through_the_recording_rules(
     assert 0 < kafka_p99 <= p99  # and Kafka's, before the worker
     assert only(prometheus.query("streamscore:batch_size:mean1m")) > 0
 
+    # The process and its peers: memory, broker acknowledgements, state reads, model load.
+    assert metric_value(metrics, "process_resident_memory_bytes") > 50 * 2**20
+    assert metric_value(metrics, "process_open_fds") > 0
+    assert metric_value(metrics, "streamscore_ack_latency_seconds_count") > 0
+    assert metric_value(metrics, "streamscore_feature_read_seconds_count") > 0
+    loaded = {"model": "fraud-mlp", "version": "1"}
+    assert 0 < metric_value(metrics, "streamscore_model_load_seconds", loaded) < 60
+    assert 0 < metric_value(metrics, "streamscore_model_warmup_seconds", loaded) < 60
+    assert metric_value(metrics, "streamscore_model_timeouts_total", loaded) == 0
+    ack_p99 = only(prometheus.until("streamscore:ack_latency_seconds:p99_5m", bool))
+    assert 0 < ack_p99 <= p99
+
 
 @pytest.mark.broker
 def test_every_rule_evaluates_without_error_and_no_alert_fires_on_a_healthy_worker(

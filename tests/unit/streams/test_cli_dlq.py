@@ -88,3 +88,15 @@ def test_since_takes_epoch_seconds_or_iso_8601() -> None:
     assert parse_since("2025-11-22T01:00:00+01:00") == 1_763_769_600_000
     with pytest.raises(click.BadParameter, match="ISO 8601"):
         parse_since("yesterday")
+
+
+def test_a_dead_letter_cut_to_fit_is_not_replayed_since_its_record_is_not_whole() -> None:
+    from schemas import deadletter
+
+    cut = [*dead(None), (deadletter.VALUE_BYTES, b"900000"), (deadletter.VALUE_SHA256, b"ab")]
+    reason = to_replay(FakeMessage(cut), INPUTS)
+    assert isinstance(reason, str)
+    assert "cut to fit" in reason
+    # A producer's own header of that name, before ours, is just one of its headers.
+    own = dead([(deadletter.VALUE_BYTES, b"1")])
+    assert isinstance(to_replay(FakeMessage(own), INPUTS), Replay)

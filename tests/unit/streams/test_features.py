@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from models.featurize import NUMERIC_FEATURES, Aggregate
@@ -78,23 +79,49 @@ def test_profiles_and_history_feed_the_features_and_history_is_written_back() ->
     assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(3, 15.0, 170.0, 13)
 
 
-def test_unreadable_state_dead_letters_only_that_entitys_events() -> None:
-    features, profiles, _ = stage()
+def test_a_profile_that_cannot_be_decoded_degrades_only_that_entitys_events() -> None:
+    features, profiles, history = stage()
     profiles.data[0][b"bad"] = b"\x00not json"
+    profiles.data[0][b"ok"] = orjson.dumps({"chargeback_rate": 0.25})
     events = [ev("ok", 1.0, 1.0), ev("bad", 1.0, 2.0), ev("ok", 1.0, 3.0)]
     prepared = features.prepare([Rec(0), Rec(1), Rec(2)], events)  # type: ignore[arg-type]
-    assert prepared.keep == [0, 2]
-    assert list(prepared.failed) == [1]
-    assert len(prepared.raw) == 2
+    assert prepared.keep == [0, 1, 2]  # every event is scored
+    assert prepared.failed == {}
+    assert prepared.degraded.tolist() == [False, True, False]
+    assert prepared.degraded_reasons == {"profile_undecodable": 1}
+    numeric = prepared.raw.numeric
+    assert math.isnan(numeric[1, COL["chargeback_rate"]])  # imputed by the model
+    assert math.isclose(numeric[2, COL["chargeback_rate"]], 0.25, rel_tol=1e-6)
+    # Its history is readable, so it is kept and updated as usual.
+    assert Aggregate.unpack(history.data[0][b"bad"]).count == 1
 
 
-def test_a_failing_store_fails_the_whole_chunk_with_the_reason() -> None:
-    features, profiles, _ = stage()
-    profiles.fail = True
-    prepared = features.prepare([Rec(0), Rec(1)], [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0)])  # type: ignore[arg-type]
-    assert prepared.keep == []
-    assert len(prepared.raw) == 0
-    assert {i: str(e) for i, e in prepared.failed.items()} == {0: "disk on fire", 1: "disk on fire"}
+def test_a_failing_store_degrades_the_chunk_and_never_overwrites_the_history() -> None:
+    features, _, history = stage()
+    history.data[0][b"a"] = Aggregate(7, 3.0, 0.5, 99).pack()
+    history.fail = True
+    events = [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0), ev("a", 1.0, 3.0)]
+    prepared = features.prepare([Rec(100), Rec(101), Rec(102)], events)  # type: ignore[arg-type]
+    assert prepared.keep == [0, 1, 2]
+    assert prepared.degraded.tolist() == [True, True, True]
+    assert prepared.degraded_reasons == {"state_unreadable": 3}
+    numeric = prepared.raw.numeric
+    for column in ("history_count_log", "history_mean_amount_log", "seconds_since_last_log"):
+        assert np.isnan(numeric[:, COL[column]]).all(), column  # unknown, not "never seen"
+    assert prepared.changelog == []  # a guess would overwrite the real history
+    assert Aggregate.unpack(history.data[0][b"a"]) == Aggregate(7, 3.0, 0.5, 99)
+
+
+def test_a_history_that_cannot_be_decoded_degrades_its_events_and_starts_over() -> None:
+    features, _, history = stage()
+    history.data[0][b"a"] = b"short"
+    events = [ev("a", 10.0, 1.0), ev("a", 20.0, 3.0), ev("b", 1.0, 4.0)]
+    prepared = features.prepare([Rec(5), Rec(6), Rec(7)], events)  # type: ignore[arg-type]
+    assert prepared.degraded.tolist() == [True, True, False]
+    assert prepared.degraded_reasons == {"history_undecodable": 2}
+    assert np.isnan(prepared.raw.numeric[:2, COL["history_count_log"]]).all()
+    assert prepared.raw.numeric[2, COL["history_count_log"]] == 0.0
+    assert Aggregate.unpack(history.data[0][b"a"]) == Aggregate(2, 15.0, 3.0, 6)
 
 
 def test_a_chunk_of_several_partitions_reads_each_partition_once() -> None:

@@ -114,6 +114,7 @@ async def test_a_slow_primary_times_out_to_the_fallback() -> None:
     outcome = await lad.score(raw_of([100.0, 200.0]), now_times(2))
     assert outcome.route.tolist() == [Route.FALLBACK, Route.FALLBACK]
     assert outcome.seconds[("primary", "1", "cpu")] >= 0.2
+    assert outcome.timeouts == {("primary", "1", "cpu"): 1}  # counted per model
 
 
 async def test_without_any_model_the_default_score_or_a_dead_letter() -> None:

@@ -71,3 +71,25 @@ def test_every_contract_metric_is_exported_from_the_start() -> None:
         "streamscore_paused_partitions 0.0",
     ):
         assert name in text, name
+
+
+def test_the_process_itself_and_its_peers_are_measured() -> None:
+    text = generate_latest(Metrics.create().registry).decode()
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_gc_collections_total",
+        "python_info",
+        "streamscore_ack_latency_seconds_bucket",
+        "streamscore_feature_read_seconds_bucket",
+        'streamscore_degraded_features_total{reason="state_unreadable"} 0.0',
+        "streamscore_dlq_cut_total 0.0",
+    ):
+        assert name in text, name
+    resident = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("process_resident_memory_bytes")
+    )
+    assert resident > 10 * 2**20  # this very process, with torch and numpy loaded
