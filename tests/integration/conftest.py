@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -182,6 +183,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+class PacedPublisher:
+    """Publishes ``records`` about 2,000 a second from a thread until stopped (or all sent).
+
+    For tests where the stream must keep flowing through what they do to the workers.
+    """
+
+    def __init__(self, deployment: Deployment, records: Sequence[Published]) -> None:
+        self.published = 0  # how many have been published so far
+        self._records = records
+        self._deployment = deployment
+        self._enough = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        producer = self._deployment.producer()
+        for start in range(0, len(self._records), 100):
+            self._deployment.publish("events", self._records[start : start + 100], producer)
+            self.published = min(start + 100, len(self._records))
+            if self._enough.wait(0.05):
+                return
+
+    def stop(self) -> list[Published]:
+        """Stop publishing; the records published."""
+        self._enough.set()
+        self._thread.join()
+        return list(self._records[: self.published])
 
 
 def event_record(

@@ -10,7 +10,6 @@ already given away. Before, the woken worker died about one run in three
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections import defaultdict
 
@@ -18,7 +17,7 @@ import orjson
 import pytest
 
 from models.synthetic import SyntheticWorld
-from tests.integration.conftest import Deployment, event_record
+from tests.integration.conftest import Deployment, PacedPublisher, event_record
 
 SESSION_MS = 3_000
 CYCLES = 3
@@ -36,19 +35,7 @@ def test_a_member_woken_after_a_long_pause_rejoins_without_dying(deployment: Dep
     second.wait_ready()
     world = SyntheticWorld(seed=83, n_entities=200)
     records = [event_record(item.event) for item in world.events(40_000)]
-    published = [0]
-    enough = threading.Event()
-
-    def publish_paced() -> None:
-        producer = deployment.producer()
-        for start in range(0, len(records), 100):
-            deployment.publish("events", records[start : start + 100], producer)
-            published[0] = start + 100
-            if enough.wait(0.05):
-                return
-
-    publisher = threading.Thread(target=publish_paced)
-    publisher.start()
+    publisher = PacedPublisher(deployment, records)
     reader = deployment.reader()
     try:
         reader.until(lambda o: len(o.scores) >= 1000, 60)
@@ -64,15 +51,13 @@ def test_a_member_woken_after_a_long_pause_rejoins_without_dying(deployment: Dep
                 assert second.returncode is None, "the woken member died"
                 time.sleep(0.2)
             assert second.get("/health/ready")[0] == 200
-        mark = published[0]
+        mark = publisher.published
         reader.until(lambda o: len(o.scored_ids()) >= mark, 60)  # still flowing
     finally:
-        enough.set()
-        publisher.join()
+        records = publisher.stop()
         if second.process is not None and second.returncode is None:
             second.process.send_signal(signal.SIGCONT)
 
-    records = records[: published[0]]
     ids = {orjson.loads(r.value)["event_id"] for r in records}  # type: ignore[arg-type]
     out = reader.until(lambda o: o.scored_ids() >= ids, 120)
     reader.close()

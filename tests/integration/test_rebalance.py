@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 
@@ -11,7 +10,7 @@ import pytest
 
 from models.synthetic import SyntheticWorld
 from streams.harness import metric_value
-from tests.integration.conftest import Deployment, event_record
+from tests.integration.conftest import Deployment, PacedPublisher, event_record
 from tests.integration.test_restart import assert_history_counts, expected_counts
 
 
@@ -23,20 +22,7 @@ def test_partitions_move_to_a_new_member_and_back_without_loss_or_disorder(
     records = [event_record(item.event) for item in world.events(60_000)]
     first = deployment.worker("w1")
     first.wait_ready()
-    published: list[int] = [0]
-    enough = threading.Event()
-
-    def publish_paced() -> None:
-        """About 2,000 events/s until told to stop: the stream flows through both handovers."""
-        producer = deployment.producer()
-        for start in range(0, len(records), 100):
-            deployment.publish("events", records[start : start + 100], producer)
-            published[0] = start + 100
-            if enough.wait(0.05):
-                return
-
-    publisher = threading.Thread(target=publish_paced)
-    publisher.start()
+    publisher = PacedPublisher(deployment, records)  # flows through both handovers
     reader = deployment.reader()
     reader.until(lambda o: len(o.scores) >= 2000, 60)
 
@@ -50,12 +36,9 @@ def test_partitions_move_to_a_new_member_and_back_without_loss_or_disorder(
         reader.poll(0.2)
     assert scored > 0, "the second member never got partitions"
     assert second.terminate() == 0  # leaves: its partitions go back to the first
-    mark = published[0]
+    mark = publisher.published
     reader.until(lambda o: len(o.scored_ids()) >= mark + 1000, 60)  # flowing again
-    enough.set()
-    publisher.join()
-
-    records = records[: published[0]]
+    records = publisher.stop()
     ids = {orjson.loads(r.value)["event_id"] for r in records}  # type: ignore[arg-type]
     out = reader.until(lambda o: o.scored_ids() >= ids, 120)
     reader.close()
