@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install tools lint test demo bench k8s-render clean
+.PHONY: install tools lint test soak demo bench k8s-render clean
 
 # The virtualenv, rebuilt when the dependencies change. torch is installed first and
 # pinned: `torch==2.13.0` is the CPU build, an unpinned torch pulls GBs of CUDA wheels.
@@ -43,6 +43,13 @@ lint: $(STAMP)
 
 test: $(STAMP) tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The hostile-input property test with many more examples than `make test` gives it
+# (SOAK_EXAMPLES, default 1000: about ten minutes here).
+SOAK_EXAMPLES ?= 1000
+soak: $(STAMP) tools
+	SOAK_EXAMPLES=$(SOAK_EXAMPLES) $(BIN)/pytest -o addopts="-q" --timeout 0 \
+	  tests/integration/test_hostile_input.py
 
 demo: $(STAMP)
 	$(BIN)/streamscore demo
