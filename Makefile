@@ -45,7 +45,7 @@ test: $(STAMP) tools lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The hostile-input property test with many more examples than `make test` gives it
-# (SOAK_EXAMPLES, default 1000: about ten minutes here).
+# (SOAK_EXAMPLES, default 1000: five minutes on the 2-core development machine).
 SOAK_EXAMPLES ?= 1000
 soak: $(STAMP) tools
 	SOAK_EXAMPLES=$(SOAK_EXAMPLES) $(BIN)/pytest -o addopts="-q" --timeout 0 \
