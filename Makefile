@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): the integration tests mostly wait on brokers and workers,
+# so three share two cores well (each process starts its own embedded broker).
+PYTEST_WORKERS ?= 3
 
 .PHONY: install tools lint test soak demo bench k8s-render clean
 
@@ -42,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) tools lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The hostile-input property test with many more examples than `make test` gives it
 # (SOAK_EXAMPLES, default 1000: five minutes on the 2-core development machine).
