@@ -1,6 +1,6 @@
 """What the model sees: the feature catalogue, shared by training and serving.
 
-Training (``models.train``) and the worker (``streams.features``) both turn
+Training (``models.train``) and the worker (``streams.scoring.features``) both turn
 events into model input with :func:`featurize`, so the two cannot drift apart.
 Raw features come out untransformed apart from fixed log/ratio maps; a model's
 own preprocessing (normalisation, imputation, one-hot) is in its manifest and

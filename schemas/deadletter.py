@@ -22,7 +22,7 @@ SOURCE_OFFSET = "dlq.source.offset"
 SOURCE_TIMESTAMP = "dlq.source.timestamp"
 APP = "dlq.app"
 PREFIX = "dlq."
-# Only on a dead letter that had to be cut to fit the DLQ topic (see streams.deadletters).
+# Only on a dead letter that had to be cut to fit the DLQ topic (see streams.scoring.deadletters).
 VALUE_BYTES = "dlq.value.bytes"  # the original value's length
 VALUE_SHA256 = "dlq.value.sha256"  # hex SHA-256 of the original value
 KEY_BYTES = "dlq.key.bytes"  # the original key's length, where the key was cut too

@@ -82,7 +82,7 @@ class ScoreBatch:
     the batch is encoded as JSON lines in one call, then cut at the newlines,
     which JSON text only holds between values (a newline inside a string is
     escaped): 1.1 µs per score against 1.6-2.3 for a dict per score through
-    orjson (``python -m streams.benchmarks.stage_probe``). The output of each
+    orjson (``python -m benchmarks.stage_probe``). The output of each
     score parses to exactly what ``Score(...).model_dump()`` would give (tests
     compare the two).
     """

@@ -5,7 +5,7 @@ Configuration comes only from ``STREAMSCORE_*`` variables; an invalid value
 stops the process with exit code 2 before anything starts.
 
 The events and features topics do not reach the agents one event at a time:
-:class:`streams.bulk.BulkConsumer` hands each fetched partition chunk to a
+:class:`streams.kafka.bulk.BulkConsumer` hands each fetched partition chunk to a
 channel, and each agent's stream carries those chunks.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import faust
 
-from streams.bulk import BulkConsumer, BulkTransport, Chunk, Sink
 from streams.errors import StreamscoreError
+from streams.kafka.bulk import BulkConsumer, BulkTransport, Chunk, Sink
+from streams.kafka.topics import TABLES
 from streams.runtime import Runtime
 from streams.settings import Settings, faust_credentials, load_settings
-from streams.topics import TABLES
 from streams.web import register_pages
 
 log = logging.getLogger(__name__)

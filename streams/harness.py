@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from streams.embedded import free_port
 from streams.errors import StreamscoreError
+from streams.kafka.embedded import free_port
 
 
 class WorkerFailed(StreamscoreError):

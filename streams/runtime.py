@@ -16,24 +16,24 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING
 
 from schemas.rollout import PlanError, RolloutPlan
-from streams.bulk import BulkConsumer, Sink
-from streams.control import ensure_control_topic, read_plan_and_end
-from streams.deadletters import DeadLetterSink
-from streams.emit import Emitter, producer_size_config
 from streams.errors import BrokerError
-from streams.feature_agent import FeaturePipeline
-from streams.features import FeatureStage
-from streams.flow import Flow
-from streams.inference import resolve_device
-from streams.ladder import BreakerState, Ladder
+from streams.kafka.bulk import BulkConsumer, Sink
+from streams.kafka.emit import Emitter, producer_size_config
+from streams.kafka.flow import Flow
+from streams.kafka.tables import TableState
+from streams.kafka.topics import Cluster, prepare_topics
+from streams.kafka.transactions import ExactlyOnce, TransactionalEmitter
 from streams.metrics import Metrics
-from streams.plans import Models, PlanFollower
-from streams.router import Deployment
-from streams.score_agent import ScoringPipeline
+from streams.rollout.control import ensure_control_topic, read_plan_and_end
+from streams.rollout.plans import Models, PlanFollower
+from streams.scoring.agent import ScoringPipeline
+from streams.scoring.deadletters import DeadLetterSink
+from streams.scoring.features import FeatureStage
+from streams.scoring.inference import resolve_device
+from streams.scoring.ladder import BreakerState, Ladder
+from streams.scoring.profiles import FeaturePipeline
+from streams.scoring.router import Deployment
 from streams.settings import Settings
-from streams.state import TableState
-from streams.topics import Cluster, prepare_topics
-from streams.transactions import ExactlyOnce, TransactionalEmitter
 
 log = logging.getLogger(__name__)
 

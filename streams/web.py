@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-if TYPE_CHECKING:
-    from streams.app import StreamscoreApp
-    from streams.bulk import BulkConsumer
+from streams.kafka.bulk import BulkConsumer
+from streams.runtime import Runtime
 
 
-def register_pages(app: StreamscoreApp) -> None:
-    """Add the contract's pages to a :class:`streams.app.StreamscoreApp`."""
+class WorkerApp(Protocol):
+    """What the pages need of the Faust app (``streams.app.StreamscoreApp``)."""
+
+    runtime: Runtime
+
+    @property
+    def consumer(self) -> Any: ...
+    def page(self, path: str) -> Callable[[Any], Any]: ...
+    def tables_ready(self) -> bool: ...
+
+
+def register_pages(app: WorkerApp) -> None:
+    """Add the contract's pages to the worker's app (web knows the app only by this shape)."""
 
     @app.page("/health/live")
     async def live(web: Any, request: Any) -> Any:
@@ -39,7 +50,7 @@ def register_pages(app: StreamscoreApp) -> None:
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         runtime = app.runtime
-        consumer = cast("BulkConsumer", app.consumer)
+        consumer = cast(BulkConsumer, app.consumer)
         metrics = runtime.metrics
         metrics.paused_partitions.set(len(consumer.paused_for_backpressure()))
         metrics.ready.set(0 if runtime.problems(tables_ready=app.tables_ready()) else 1)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 
-from streams.benchmarks.configs import CONFIGS, Kind
-from streams.benchmarks.exceptions import BenchmarkError, EventsLost
-from streams.benchmarks.preload import Workload
-from streams.benchmarks.report import write
-from streams.benchmarks.runner import Basis, Options, run
+from benchmarks.configs import CONFIGS, Kind
+from benchmarks.exceptions import BenchmarkError, EventsLost
+from benchmarks.preload import Workload
+from benchmarks.report import write
+from benchmarks.runner import Basis, Options, run
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
 
 

@@ -9,8 +9,8 @@ import threading
 import click
 
 from streams.cli.common import fail
-from streams.embedded import EmbeddedBroker
 from streams.errors import BrokerError
+from streams.kafka.embedded import EmbeddedBroker
 
 
 @click.command()

@@ -24,7 +24,6 @@ from rich.table import Table
 
 from models.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import fail, settings_or_exit
-from streams.embedded import EmbeddedBroker
 from streams.errors import StreamscoreError
 from streams.harness import (
     Output,
@@ -34,6 +33,7 @@ from streams.harness import (
     histogram_quantiles,
     metric_value,
 )
+from streams.kafka.embedded import EmbeddedBroker
 from streams.settings import Settings
 
 MALFORMED_SHARE = 0.005

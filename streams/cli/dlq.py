@@ -30,8 +30,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from schemas import deadletter
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
 from streams.errors import BrokerError
+from streams.kafka.topics import AuthFailures
 from streams.settings import Settings
-from streams.topics import AuthFailures
 
 Header = tuple[str, str | bytes | None]
 HeaderList = Sequence[Header]

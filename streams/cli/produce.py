@@ -21,8 +21,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from models.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
+from streams.kafka.topics import AuthFailures
 from streams.settings import Settings
-from streams.topics import AuthFailures
 
 #: Events are generated in rounds of this many (``SyntheticWorld.events`` continues).
 ROUND = 1_000

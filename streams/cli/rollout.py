@@ -264,7 +264,7 @@ def _same(settings: Settings) -> Same:
 
 
 def _read(settings: Settings) -> RolloutPlan | None:
-    from streams.control import read_plan
+    from streams.rollout.control import read_plan
 
     try:
         return read_plan(settings)
@@ -287,7 +287,7 @@ def _change(
     A step that sets the primary can also replace an unreadable plan, and does
     not need the implied primary to resolve.
     """
-    from streams.control import write_plan
+    from streams.rollout.control import write_plan
 
     try:
         try:

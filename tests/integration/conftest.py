@@ -23,8 +23,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from models.featurize import Aggregate
-from streams.embedded import EmbeddedBroker
 from streams.harness import OutputReader, WorkerProcess
+from streams.kafka.embedded import EmbeddedBroker
 
 PARTITIONS = 4
 

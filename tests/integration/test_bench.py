@@ -13,12 +13,13 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.benchmarks import fetch_probe, runner
-from streams.benchmarks.configs import CommandProcess, Config, Launch
-from streams.benchmarks.measure import OutputTally
-from streams.benchmarks.preload import Topics
+from benchmarks import fetch_probe, runner
+from benchmarks.configs import CommandProcess, Config, Launch
+from benchmarks.measure import OutputTally
+from benchmarks.preload import Topics
 from streams.cli import main
-from streams.embedded import EmbeddedBroker
+from streams.kafka.embedded import EmbeddedBroker
+from streams.metrics import LATENCY_BUCKETS
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -55,9 +56,13 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
     measured = [p for p in phases if p["kind"] in ("load", "burst")]
     loads = {p["config"]: p for p in measured if p["kind"] == "load"}
     assert set(loads) == {"a", "e"}  # 10% of (a)'s rate is above what (b) drains
+    # The shares come from histogram buckets, interpolated inside the bucket that holds the
+    # quantile: at most the upper bound of the bucket that holds the exact end-to-end p99.
+    exact = loads["a"]["latency"]["p99"] / 1000
+    bound = 1000 * next((b for b in LATENCY_BUCKETS if b >= exact), math.inf)
     for share in ("in_worker", "arrival"):  # the worker's own share, and Kafka's before it
         worker = loads["a"][share]
-        assert 0 < worker["p50"] <= worker["p99"] <= loads["a"]["latency"]["p99"] + 5, share
+        assert 0 < worker["p50"] <= worker["p99"] <= bound + 5, share
     assert loads["e"]["arrival"] is None
     for phase in measured:
         assert phase["missing"] == 0, phase

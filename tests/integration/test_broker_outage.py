@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from models.synthetic import SyntheticWorld
-from streams.embedded import EmbeddedBroker
 from streams.harness import metric_value
+from streams.kafka.embedded import EmbeddedBroker
 from tests.integration.conftest import Deployment, event_record
 
 

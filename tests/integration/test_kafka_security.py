@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import broker_binary, free_port
 from streams.harness import WorkerProcess
+from streams.kafka.embedded import broker_binary, free_port
 from tests.integration.records import streamscore
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from models.synthetic import SyntheticWorld, malformed_values
-from streams.embedded import EmbeddedBroker, free_port
 from streams.harness import WorkerProcess, metric_value
+from streams.kafka.embedded import EmbeddedBroker, free_port
 from tests.deploy.promql import RULES, rules, unknown_names
 from tests.integration.conftest import Deployment, Published, event_record
 

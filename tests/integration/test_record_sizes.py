@@ -22,7 +22,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from schemas import deadletter
 from schemas.events import MAX_RECORD_BYTES
-from streams.topics import DEAD_LETTER_HEADROOM
+from streams.kafka.topics import DEAD_LETTER_HEADROOM
 from tests.integration.conftest import PARTITIONS, Deployment, Published
 
 EVENTS_LIMIT = 200_000  # the events topic's max.message.bytes in this test

@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from models.artifact import packaged_artifacts_dir
 from schemas.rollout import Canary, RolloutPlan
-from streams.control import read_plan, write_plan
-from streams.embedded import EmbeddedBroker
+from streams.kafka.embedded import EmbeddedBroker
+from streams.rollout.control import read_plan, write_plan
 from streams.settings import load_settings
 from tests.integration.artifacts import renamed
 

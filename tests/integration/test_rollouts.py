@@ -17,9 +17,9 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from models.registry import add_artifact
 from models.synthetic import SyntheticWorld
 from schemas.rollout import Canary, RolloutPlan
-from streams.canary import members
-from streams.control import read_plan, write_plan
 from streams.harness import Output, WorkerProcess, metric_value
+from streams.rollout.control import read_plan, write_plan
+from streams.scoring.cohorts import members
 from streams.settings import Settings, load_settings
 from tests.integration.conftest import PARTITIONS, Deployment, Published, event_record
 from tests.integration.test_model_failures import POISON_AMOUNT, poisoned_artifact

@@ -9,8 +9,8 @@ from typing import Self
 
 import pytest
 
-from streams.batcher import Batch, MicroBatcher
 from streams.clock import FakeClock
+from streams.scoring.batcher import Batch, MicroBatcher
 
 
 class Items(list[int]):

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from models.synthetic import malformed_values
 from schemas.events import EVENT_RECORDS
-from streams.deadletters import DeadLetterSink
-from streams.decode import Decoded, decode_events, decode_feature_updates
 from streams.metrics import Metrics
+from streams.scoring.deadletters import DeadLetterSink
+from streams.scoring.decode import Decoded, decode_events, decode_feature_updates
 
 EVENT = {
     "event_id": "e-1", "entity_id": "acct-1", "ts": 1.0, "amount": 1.0, "currency": "EUR",

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ordering import OffsetTracker
+from streams.kafka.ordering import OffsetTracker
 
 
 def test_commit_waits_for_the_lowest_unfinished_offset() -> None:

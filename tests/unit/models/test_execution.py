@@ -27,7 +27,7 @@ from models.featurize import RawFeatures
 from models.fraud_mlp import FraudMLP
 from models.synthetic import SyntheticWorld
 from models.train import build_features
-from streams.inference import Inference
+from streams.scoring.inference import Inference
 
 WIDTH = 24
 

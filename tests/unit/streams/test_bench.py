@@ -13,9 +13,8 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from models.featurize import NUMERIC_FEATURES
-from streams.benchmarks import bare_peer, stage_probe
-from streams.benchmarks.measure import (
+from benchmarks import bare_peer, stage_probe
+from benchmarks.measure import (
     CpuTrace,
     Percentiles,
     PhaseOutput,
@@ -23,11 +22,12 @@ from streams.benchmarks.measure import (
     _event_id,
     bucket_percentiles,
 )
-from streams.benchmarks.preload import InputStream, Workload
-from streams.benchmarks.report import markdown
-from streams.benchmarks.runner import Options, Phase, Results
-from streams.decode import decode_events
+from benchmarks.preload import InputStream, Workload
+from benchmarks.report import markdown
+from benchmarks.runner import Options, Phase, Results
+from models.featurize import NUMERIC_FEATURES
 from streams.harness import histogram_buckets
+from streams.scoring.decode import decode_events
 
 
 def test_backlog_mixes_the_malformed_share_into_the_events() -> None:

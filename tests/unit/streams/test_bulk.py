@@ -14,8 +14,8 @@ from typing import Any
 from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
-from streams.bulk import BulkConsumer, _ConsumerThread
-from streams.flow import Flow
+from streams.kafka.bulk import BulkConsumer, _ConsumerThread
+from streams.kafka.flow import Flow
 from streams.metrics import Metrics
 
 TP0, TP1 = TP("events", 0), TP("events", 1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.canary import BUCKETS, CanaryMonitor, Thresholds, bucket, ks_statistic, members
+from streams.rollout.canary import CanaryMonitor, Thresholds, ks_statistic
+from streams.scoring.cohorts import BUCKETS, bucket, members
 
 ENTITIES = [f"acct-{i}" for i in range(20_000)]
 
@@ -35,7 +36,9 @@ def test_membership_is_the_same_in_another_interpreter() -> None:
     import subprocess
     import sys
 
-    script = "from streams.canary import bucket; print([bucket(f'acct-{i}') for i in range(50)])"
+    script = "from streams.scoring.cohorts import bucket; " + (
+        "print([bucket(f'acct-{i}') for i in range(50)])"
+    )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True,
         env={"PYTHONHASHSEED": "123", "PATH": ""},

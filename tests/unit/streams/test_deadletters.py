@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import deadletter
-from streams.deadletters import MIN_DEAD_LETTER_BYTES, DeadLetterSink, fit, record_bytes
-from streams.decode import DeadLetter
-from streams.emit import Delivered, Outgoing
+from streams.kafka.emit import Delivered, Outgoing
 from streams.metrics import Metrics
+from streams.scoring.deadletters import MIN_DEAD_LETTER_BYTES, DeadLetterSink, fit, record_bytes
+from streams.scoring.decode import DeadLetter
 
 
 @dataclass(frozen=True)

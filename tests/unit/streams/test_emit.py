@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from streams import emit
-from streams.emit import Delivered, Emitter, Keyed, Outgoing
+from streams.kafka import emit
+from streams.kafka.emit import Delivered, Emitter, Keyed, Outgoing
 
 
 @dataclass

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 
 from models.featurize import NUMERIC_FEATURES, Aggregate
-from streams.emit import Outgoing
-from streams.features import FeatureStage
+from streams.kafka.emit import Outgoing
+from streams.scoring.features import FeatureStage
 
 COL = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 

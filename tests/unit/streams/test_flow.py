@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.flow import Flow
+from streams.kafka.flow import Flow
 from streams.metrics import Metrics
 
 

@@ -9,7 +9,7 @@ import torch
 from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from models.registry import resolve
 from streams.errors import ConfigError, NonFiniteScore
-from streams.inference import Inference, resolve_device
+from streams.scoring.inference import Inference, resolve_device
 
 POISON, NOT_A_NUMBER = 666.0, 777.0
 

@@ -10,8 +10,8 @@ import torch
 
 from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.clock import FakeClock
-from streams.inference import Inference
-from streams.ladder import Breaker, BreakerState, Ladder, Route
+from streams.scoring.inference import Inference
+from streams.scoring.ladder import Breaker, BreakerState, Ladder, Route
 
 POISON = 666.0
 

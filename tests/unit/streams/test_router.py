@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.rollout import RoutingRule
-from streams.canary import CanaryMonitor, Thresholds, members
-from streams.inference import Inference
-from streams.ladder import Breaker, Ladder, Route
-from streams.router import Deployment, route_batch
+from streams.rollout.canary import CanaryMonitor, Thresholds
+from streams.scoring.cohorts import members
+from streams.scoring.inference import Inference
+from streams.scoring.ladder import Breaker, Ladder, Route
+from streams.scoring.router import Deployment, route_batch
 from tests.unit.streams.test_ladder import POISON, FakeModel, now_times, raw_of
 
 

@@ -1,0 +1,242 @@
+"""The input: synthetic events (and malformed ones), their topics, and how they are published.
+
+Every configuration gets the same records: :class:`InputStream` rebuilds the
+same :class:`~models.synthetic.SyntheticWorld` from the seed for each one, so
+the backlog, the paced loads and the burst are identical as long as their
+sizes are. Event ids carry no phase tag: the world's ids run on across calls,
+so they are unique within a configuration's topic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from benchmarks.exceptions import BenchmarkError
+from models.synthetic import SyntheticWorld, malformed_values
+
+#: Shortest sleep of the paced producer between bursts of due records.
+_PACING_TICK_S = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What is pre-loaded: ``events`` records in all, of which a share is malformed."""
+
+    events: int
+    keys: int
+    partitions: int
+    payload_bytes: int = 0  # 0: the synthetic event as it is (about 150 bytes)
+    malformed_share: float = 0.005
+    seed: int = 11
+
+    @property
+    def malformed(self) -> int:
+        return round(self.events * self.malformed_share)
+
+    @property
+    def valid(self) -> int:
+        return self.events - self.malformed
+
+
+class Record(NamedTuple):
+    """One input record; ``event_id`` is None for a malformed one (it must be dead-lettered)."""
+
+    key: bytes
+    value: bytes
+    event_id: str | None
+
+
+class InputStream:
+    """The synthetic events of one configuration's run, in the order they are published."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+        self._world = SyntheticWorld(seed=workload.seed, n_entities=workload.keys)
+
+    def profiles(self) -> list[tuple[bytes, bytes]]:
+        """Feature updates for the features topic, so that profile lookups hit."""
+        return [(str(p["entity_id"]).encode(), orjson.dumps(p)) for p in self._world.profiles()]
+
+    def backlog(self) -> list[Record]:
+        """The pre-loaded records: valid events with the malformed ones spread evenly."""
+        valid = self.events(self.workload.valid)
+        bad = malformed_values(self.workload.seed, self.workload.malformed)
+        if not bad:
+            return valid
+        out: list[Record] = []
+        every = max(1, len(valid) // len(bad))
+        bad_values = iter(bad)
+        for index, record in enumerate(valid):
+            out.append(record)
+            if index % every == every - 1:
+                value = next(bad_values, None)
+                if value is not None:
+                    out.append(Record(record.key, value, None))
+        out.extend(Record(b"acct-000000", value, None) for value in bad_values)
+        return out
+
+    def events(self, n: int) -> list[Record]:
+        """The next ``n`` valid events, padded to the workload's payload size."""
+        target = self.workload.payload_bytes
+        out = []
+        for item in self._world.events(n):
+            event = item.event
+            value = orjson.dumps(event)
+            if len(value) < target:
+                # Pad the merchant: a free-text field the model ignores.
+                event["merchant"] = f"{event['merchant']}-{'x' * (target - len(value) - 1)}"
+                value = orjson.dumps(event)
+            out.append(Record(str(event["entity_id"]).encode(), value, str(event["event_id"])))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """One configuration's topics and consumer group on the shared broker."""
+
+    prefix: str
+
+    @property
+    def group(self) -> str:
+        return self.prefix
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}-events"
+
+    @property
+    def features(self) -> str:
+        return f"{self.prefix}-features"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.prefix}-scores"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}-dlq"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.features, self.scores, self.dlq)
+
+
+def create_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
+    """Create the four topics with the workload's partitions (workers check the count)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, partitions, 1) for name in topics.all()])
+    for name, future in futures.items():
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            raise BenchmarkError(f"cannot create topic {name!r}: {exc.args[0]}") from exc
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Best effort: free the broker's memory (it keeps every record) once a run is measured."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(prefix)]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=10).values():
+                future.result(timeout=15)
+    except (KafkaException, TimeoutError):  # a broker that cannot delete keeps them
+        return
+
+
+class Publisher:
+    """A confluent-kafka producer that knows where each partition ends (from delivery reports).
+
+    Completion is judged against these ends, not against the broker's
+    reported high watermark, which the embedded broker under-reports.
+    """
+
+    def __init__(self, bootstrap: str, linger_ms: int = 5) -> None:
+        self.ends: dict[tuple[str, int], int] = {}
+        self._errors: list[str] = []
+        ends, errors = self.ends, self._errors
+
+        # A closure over the two containers, not a bound method: the producer must not
+        # keep this object alive (a cycle would outlive the broker and log disconnects).
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                errors.append(str(error))
+                return
+            key = (str(message.topic()), int(message.partition() or 0))
+            end = int(message.offset() or 0) + 1
+            if end > ends.get(key, 0):
+                ends[key] = end
+
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": linger_ms,
+                "partitioner": "murmur2_random",  # Java's: the partition Kafka clients expect
+                "queue.buffering.max.messages": 1_000_000,
+                "on_delivery": delivered,
+            }
+        )
+
+    def ends_of(self, topic: str) -> dict[int, int]:
+        return {p: end for (t, p), end in self.ends.items() if t == topic}
+
+    def _produce(self, topic: str, key: bytes, value: bytes, timestamp_ms: int) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, timestamp=timestamp_ms)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.01)
+
+    def publish(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> list[int]:
+        """Produce as fast as the client goes; returns each record's timestamp (epoch ms)."""
+        sent = []
+        now_ms = int(time.time() * 1000)
+        for index, (key, value) in enumerate(records):
+            if index % 1000 == 0:
+                now_ms = int(time.time() * 1000)
+                self._producer.poll(0)
+            self._produce(topic, key, value, now_ms)
+            sent.append(now_ms)
+        self.flush()
+        return sent
+
+    def publish_paced(self, topic: str, records: Sequence[Record], rate: float) -> list[int]:
+        """Produce at ``rate`` records/s; each record's timestamp is when it was produced.
+
+        The loop wakes at most once per millisecond and produces every record due
+        by then: waking per record would cost the producer more CPU than the
+        records themselves, CPU the measured process needs on a small machine.
+        A record is stamped when it is actually produced, so the up-to-1 ms
+        lateness shifts its schedule, never its measured latency.
+        """
+        sent = [0] * len(records)
+        start = time.monotonic()
+        index = 0
+        while index < len(records):
+            due = min(len(records), int((time.monotonic() - start) * rate) + 1)
+            now_ms = int(time.time() * 1000)
+            while index < due:
+                record = records[index]
+                self._produce(topic, record.key, record.value, now_ms)
+                sent[index] = now_ms
+                index += 1
+            self._producer.poll(0)
+            wait = start + index / rate - time.monotonic()
+            time.sleep(max(wait, _PACING_TICK_S))
+        self.flush()
+        return sent
+
+    def flush(self) -> None:
+        remaining = self._producer.flush(60)
+        if remaining or self._errors:
+            raise BenchmarkError(
+                f"publishing failed: {remaining} records undelivered, "
+                f"errors: {'; '.join(self._errors[:3]) or 'none'}"
+            )
