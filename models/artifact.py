@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from models.errors import ArtifactError, ModelError
+from models.errors import ArtifactError, InputMismatch, ModelError
 from models.execution import ExecutionOptions, Executor
 from models.featurize import RawFeatures
 from models.fraud_mlp import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, FraudMLP
@@ -42,6 +42,7 @@ __all__ = [
     "Manifest",
     "load_artifact",
     "packaged_artifacts_dir",
+    "packaged_roots",
     "read_manifest",
     "save_artifact",
 ]
@@ -108,6 +109,15 @@ def packaged_artifacts_dir() -> Path:
     return Path(__file__).resolve().parent / "artifacts"
 
 
+def packaged_roots() -> list[Path]:
+    """Every folder of packaged artifacts: the product's, then each packaged pipeline's."""
+    pipelines = Path(__file__).resolve().parents[1] / "pipelines"
+    return [
+        packaged_artifacts_dir(),
+        *sorted(p for p in pipelines.glob("*/artifacts") if p.is_dir()),
+    ]
+
+
 def save_artifact(
     directory: str | os.PathLike[str],
     *,
@@ -162,6 +172,12 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         raise ArtifactError(f"{path}: missing; {directory} is not a model artifact") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: unreadable or not JSON ({exc})") from exc
+    made_for = data.get("pipeline") if isinstance(data, dict) else None
+    if made_for is not None and made_for != "fraud":
+        raise InputMismatch(
+            f"{path}: made for pipeline {made_for!r}; the worker serves the 'fraud' pipeline "
+            "(check the model with `streamscore pipeline check`)"
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -181,6 +197,21 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts).replace("\n", " ")
 
 
+def verified_bytes(weights: Path, sha256: str) -> bytes:
+    """The bytes of ``weights``, read once, if their SHA-256 is the manifest's; parse these."""
+    try:
+        data = weights.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{weights}: cannot read the weights ({exc.strerror})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ArtifactError(
+            f"{weights}: sha256 is {digest}, the manifest says {sha256}; "
+            "the file is corrupt or was replaced: re-copy or re-train the model"
+        )
+    return data
+
+
 def load_artifact(
     directory: str | os.PathLike[str],
     device: str | torch.device = "cpu",
@@ -194,16 +225,7 @@ def load_artifact(
     path = Path(directory)
     manifest = read_manifest(path)
     weights = path / manifest.weights
-    try:
-        data = weights.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{weights}: cannot read the weights ({exc.strerror})") from exc
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.sha256:
-        raise ArtifactError(
-            f"{weights}: sha256 is {digest}, the manifest says {manifest.sha256}; "
-            "the file is corrupt or was replaced: re-copy or re-train the model"
-        )
+    data = verified_bytes(weights, manifest.sha256)
     # Parse the very bytes that were verified (no second read the file could change under).
     try:
         tensors: dict[str, torch.Tensor] = load_safetensors(data)

@@ -11,5 +11,9 @@ class ArtifactError(ModelError):
     """A model artifact is incomplete, corrupt or unsafe. Re-train or re-copy it."""
 
 
+class InputMismatch(ArtifactError):
+    """The model was made for another pipeline, or takes other inputs than its features give."""
+
+
 class InferenceError(ModelError):
     """A model call failed for a batch (raised, or returned non-finite or mis-shaped output)."""

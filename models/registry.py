@@ -1,7 +1,7 @@
 """Finding a model artifact from what an operator typed (a path, ``NAME`` or ``NAME:VERSION``).
 
 Two places hold artifacts as ``<NAME>/<VERSION>/manifest.json``: the ones
-packaged with the product (:func:`models.artifact.packaged_artifacts_dir`) and
+packaged with the product and its pipelines (:func:`models.artifact.packaged_roots`) and
 an optional registry directory. A reference is looked up in the packaged ones
 first, then in the registry.
 
@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +36,11 @@ from models.artifact import (
     VERSION_PATTERN,
     Manifest,
     load_artifact,
-    packaged_artifacts_dir,
+    packaged_roots,
     read_manifest,
 )
 from models.errors import ArtifactError
+from models.programs import ProgramManifest, read_program_manifest
 
 __all__ = [
     "Registered",
@@ -81,7 +83,7 @@ def version_key(version: str) -> tuple[int, int, str]:
 
 
 def _roots(registry_dir: Path | None) -> list[Path]:
-    roots = [packaged_artifacts_dir()]
+    roots = packaged_roots()
     if registry_dir is not None:
         roots.append(Path(registry_dir))
     return roots
@@ -161,7 +163,11 @@ def add_artifact(source_dir: Path, registry_dir: Path) -> str:
     return register_artifact(source_dir, registry_dir).ref
 
 
-def register_artifact(source_dir: Path, registry_dir: Path) -> Registered:
+def register_artifact(
+    source_dir: Path,
+    registry_dir: Path,
+    verify: Callable[[Path], ProgramManifest] | None = None,
+) -> Registered:
     """Like :func:`add_artifact`, and say whether anything was written.
 
     Every refusal is an :class:`ArtifactError` with one line, raised before the
@@ -169,7 +175,8 @@ def register_artifact(source_dir: Path, registry_dir: Path) -> Registered:
     weights that are not safetensors (pickle is never parsed, so never run), a
     spec naming features the pipeline does not compute, a smoke batch without
     finite scores in [0, 1], a packaged ``NAME:VERSION``, or an existing
-    version with other content.
+    version with other content. ``verify`` loads and smoke-tests a declared
+    pipeline's model (:func:`models.programs.load_program`) and gives its manifest.
     """
     # Imported here: the smoke batch pulls in the synthetic generator, which
     # resolving a reference (the worker's path) does not need.
@@ -178,29 +185,38 @@ def register_artifact(source_dir: Path, registry_dir: Path) -> Registered:
     source = Path(source_dir)
     if not source.is_dir():
         raise ArtifactError(f"{source} is not a directory holding a model artifact")
-    manifest = read_manifest(source)
+    reader: Callable[[Path], Manifest | ProgramManifest]
+    if verify is None:
+        manifest: Manifest | ProgramManifest = read_manifest(source)
+        reader = read_manifest
+    else:
+        manifest, reader = read_program_manifest(source), read_program_manifest
     ref = manifest.ref
-    if (packaged_artifacts_dir() / manifest.name / manifest.version / MANIFEST).is_file():
+    if any((root / manifest.name / manifest.version / MANIFEST).is_file()
+           for root in packaged_roots()):  # fmt: skip
         raise ArtifactError(
             f"{ref} is a packaged model and cannot be replaced; give the artifact another version"
         )
-    check_smoke(load_artifact(source, "cpu"))
+    if verify is None:
+        check_smoke(load_artifact(source, "cpu"))
+    elif verify(source) != manifest:
+        raise ArtifactError(f"{source} changed while it was being checked; nothing was added")
     registry = Path(registry_dir)
     target = registry / manifest.name / manifest.version
     if (target / MANIFEST).is_file():
-        return _existing(ref, target, manifest)
+        return _existing(ref, target, manifest, reader)
     registry.mkdir(parents=True, exist_ok=True)
     new_name_dir = not target.parent.exists()
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=registry))
     try:
-        _stage(source, staging, manifest)
+        _stage(source, staging, manifest, reader)
         target.parent.mkdir(exist_ok=True)
         try:
             os.rename(staging, target)
         except OSError:
             # Someone else added this version meanwhile: same rule as above.
             if (target / MANIFEST).is_file():
-                return _existing(ref, target, manifest)
+                return _existing(ref, target, manifest, reader)
             raise
         _fsync_dir(target.parent)
         return Registered(ref, target, created=True)
@@ -213,10 +229,16 @@ def register_artifact(source_dir: Path, registry_dir: Path) -> Registered:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _existing(ref: str, target: Path, manifest: Manifest) -> Registered:
+def _existing(
+    ref: str,
+    target: Path,
+    manifest: Manifest | ProgramManifest,
+    reader: Callable[[Path], Manifest | ProgramManifest],
+) -> Registered:
     """An add of a version that exists: a no-op if the content is the same, else refused."""
     try:
-        present = read_manifest(target)
+        present: Manifest | ProgramManifest | None = reader(target)
+        assert present is not None
         same_weights = _sha256(target / present.weights) == manifest.sha256
     except (ArtifactError, OSError):
         present, same_weights = None, False
@@ -228,7 +250,12 @@ def _existing(ref: str, target: Path, manifest: Manifest) -> Registered:
     return Registered(ref, target, created=False)
 
 
-def _stage(source: Path, staging: Path, manifest: Manifest) -> None:
+def _stage(
+    source: Path,
+    staging: Path,
+    manifest: Manifest | ProgramManifest,
+    reader: Callable[[Path], Manifest | ProgramManifest],
+) -> None:
     """Copy the manifest and the weights, durably, and check the copy is what was validated."""
     for name in (MANIFEST, manifest.weights):
         with (source / name).open("rb") as src, (staging / name).open("xb") as dst:
@@ -237,7 +264,7 @@ def _stage(source: Path, staging: Path, manifest: Manifest) -> None:
             os.fsync(dst.fileno())
         (staging / name).chmod(0o644)
     # The source could have changed since it was validated: the copy must match the manifest.
-    if read_manifest(staging) != manifest or _sha256(staging / manifest.weights) != manifest.sha256:
+    if reader(staging) != manifest or _sha256(staging / manifest.weights) != manifest.sha256:
         raise ArtifactError(
             f"{source} changed while it was being added; nothing was added: try again"
         )

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     model_registry: Path | None = Field(None, description="model registry directory")
     control_topic: TopicName = Field("streamscore.control", description="the rollout plan")
     shadow_topic: TopicName = Field("scores.shadow", description="scores of the shadow model")
+    pipeline: str = Field(
+        "fraud", min_length=1, description="a packaged pipeline name or MODULE:ATTRIBUTE"
+    )
 
     # -- models in production: canary watch, router, shadow ------------------------------
     auto_rollback: bool = Field(

@@ -9,6 +9,7 @@ from streams.cli.broker import broker
 from streams.cli.demo import demo
 from streams.cli.dlq import dlq
 from streams.cli.models import models
+from streams.cli.pipeline import pipeline
 from streams.cli.produce import produce
 from streams.cli.rollout import rollout
 from streams.cli.train import train
@@ -31,5 +32,6 @@ main.add_command(produce)
 main.add_command(dlq)
 main.add_command(models)
 main.add_command(rollout)
+main.add_command(pipeline)
 
 __all__ = ["main"]

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from models.synthetic import SyntheticWorld, malformed_values
-from streams.cli.common import fail, settings_or_exit
+from streams.cli.common import fail, served_pipeline_or_exit, settings_or_exit
 from streams.errors import StreamscoreError
 from streams.harness import (
     Output,
@@ -49,7 +49,7 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
     """Score synthetic traffic end to end on an embedded broker and print a summary."""
     if n_events < 1 or rate < 0 or entities < 1:
         fail("--events and --entities must be positive, --rate not negative", 2)
-    settings_or_exit()  # a bad STREAMSCORE_* value stops here, before anything starts
+    served_pipeline_or_exit(settings_or_exit())  # a bad value stops here, before anything starts
     console = Console()
     with tempfile.TemporaryDirectory(prefix="streamscore-demo-") as tmp:
         workdir = Path(tmp)

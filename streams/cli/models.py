@@ -7,12 +7,16 @@ through ``models add``, which validates it completely first (see
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from models.errors import ModelError
+from models.errors import InputMismatch, ModelError
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
+from streams.cli.pipeline import PIPELINE_OPTION, pipeline_or_exit
 
 
 @click.group()
@@ -22,16 +26,44 @@ def models() -> None:
 
 @models.command()
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
-def add(directory: Path) -> None:
-    """Validate the artifact in DIR and copy it into the registry as NAME/VERSION."""
+@PIPELINE_OPTION
+def add(directory: Path, pipeline_ref: str | None) -> None:
+    """Validate the artifact in DIR and copy it into the registry as NAME/VERSION.
+
+    A model is checked against the pipeline it is added for (STREAMSCORE_PIPELINE
+    or --pipeline): made for it, taking exactly the inputs its features produce.
+    """
+    from models.programs import load_program
     from models.registry import register_artifact
 
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         fail(f"{directory} {what}; give the directory of a model artifact", EXIT_USAGE)
     settings = settings_or_exit()
+    chosen = pipeline_ref if pipeline_ref is not None else settings.pipeline
+    made_for = _made_for(directory)
+    verify: Callable[[Path], Any] | None = None
+    if chosen == "fraud":
+        if made_for not in (None, "fraud"):
+            fail(
+                f"cannot add {directory}: it was made for pipeline {made_for!r}, not 'fraud'",
+                EXIT_USAGE,
+            )
+    else:
+        declared = pipeline_or_exit(chosen)
+
+        def verify(source: Path) -> Any:
+            return load_program(
+                source,
+                pipeline=declared.name,
+                inputs=declared.describe_inputs(),
+                architectures=declared.architectures,
+            ).manifest
+
     try:
-        registered = register_artifact(directory, settings.registry_dir)
+        registered = register_artifact(directory, settings.registry_dir, verify)
+    except InputMismatch as exc:
+        fail(f"cannot add {directory}: {exc}", EXIT_USAGE)
     except ModelError as exc:
         fail(f"cannot add {directory}: {exc}")
     except OSError as exc:
@@ -104,3 +136,13 @@ def cascade(first: str, escalation: str, low: float, high: float, events: int, s
         f"| {first}, band escalated to {escalation} | {report.auc_cascade:.4f} "
         f"| {report.rate_cascade:,.0f} |"
     )
+
+
+def _made_for(directory: Path) -> str | None:
+    """The ``pipeline`` a manifest names (None: none, or no readable manifest; the add says why)."""
+    try:
+        data = json.loads((directory / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    made_for = data.get("pipeline") if isinstance(data, dict) else None
+    return made_for if isinstance(made_for, str) else None

@@ -33,9 +33,24 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
     show_default=True,
     help="mlp: fraud-mlp (primary); logistic: fraud-lr (fallback); deep: fraud-deep (escalation).",
 )
-def train(version: str, seed: int, output: Path | None, architecture: str) -> None:
+@click.option(
+    "--pipeline",
+    "pipeline_ref",
+    default=None,
+    metavar="P",
+    help="a packaged pipeline or MODULE:ATTRIBUTE (default: STREAMSCORE_PIPELINE)",
+)
+def train(
+    version: str, seed: int, output: Path | None, architecture: str, pipeline_ref: str | None
+) -> None:
     """Train deterministically and write a model artifact; print its held-out AUC."""
     from models.train import train as run_training
+    from streams.cli.common import settings_or_exit
+
+    chosen = pipeline_ref if pipeline_ref is not None else settings_or_exit().pipeline
+    if chosen != "fraud":
+        _train_declared(chosen, seed, output)
+        return
 
     name, hidden = ARCHITECTURES[architecture]
     try:
@@ -47,3 +62,29 @@ def train(version: str, seed: int, output: Path | None, architecture: str) -> No
         f"(trained on {report.n_train}, fraud rate {report.fraud_rate:.1%}, "
         f"{report.seconds:.1f}s)"
     )
+
+
+def _train_declared(ref: str, seed: int, output: Path | None) -> None:
+    """A declared pipeline's own trainer; its packaged artifacts when no --output is given."""
+    from streams.cli.common import EXIT_USAGE
+    from streams.cli.pipeline import pipeline_or_exit
+    from streams.pipeline.loader import packaged_artifacts
+
+    declared = pipeline_or_exit(ref)
+    if declared.trainer is None:
+        fail(
+            f"pipeline {declared.name!r} declares no trainer: train on the output of "
+            "`streamscore pipeline features` in your own code",
+            EXIT_USAGE,
+        )
+    target = output if output is not None else packaged_artifacts(ref)
+    if target is None:
+        fail(f"pipeline {declared.name!r} is not packaged: give --output", EXIT_USAGE)
+    try:
+        metrics = declared.trainer(target, seed)
+    except (ModelError, OSError, RuntimeError, ValueError) as exc:
+        fail(str(exc))
+    shown = ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
+    click.echo(f"wrote {target}: {shown}")

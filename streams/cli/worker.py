@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from streams.cli.common import settings_or_exit
+from streams.cli.common import served_pipeline_or_exit, settings_or_exit
 
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error": "error"}
 
@@ -19,6 +19,7 @@ FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warn", "error"
 def worker(ctx: click.Context) -> None:
     """Run a worker; options are Faust's worker options (see `streamscore worker --help`)."""
     settings = settings_or_exit()  # exit 2 on a bad STREAMSCORE_* value, before Faust starts
+    served_pipeline_or_exit(settings)
     args = list(ctx.args)
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
         args += ["--loglevel", FAUST_LOG_LEVELS[settings.log_level]]

@@ -217,7 +217,8 @@ def test_the_smoke_batch_is_realistic_and_the_packaged_models_pass_it() -> None:
     profile_known = ~np.isnan(raw.numeric[:, 3])  # account_age_days_log
     assert 0 < profile_known.sum() < SMOKE_ROWS  # with and without profiles
     for ref in list_models(None):
-        check_smoke(load_artifact(resolve(ref)))
+        if ref.startswith("fraud-"):  # the purchases models: tests/unit/pipeline
+            check_smoke(load_artifact(resolve(ref)))
 
 
 def test_a_failed_move_leaves_no_trace(

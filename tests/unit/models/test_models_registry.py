@@ -108,11 +108,13 @@ def test_list_models(tmp_path: Path) -> None:
     (registry / "fraud-mlp" / "3").mkdir()  # no manifest: not a model
     (registry / "Bad_Name" / "1").mkdir(parents=True)
     (registry / "Bad_Name" / "1" / MANIFEST).write_text("{}")
+    packaged = ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1", "purchases-gru:1", "purchases-rfm:1"]
     assert list_models(registry) == [
-        "alpha:1", "fraud-deep:1", "fraud-lr:1", "fraud-mlp:1", "fraud-mlp:2", "fraud-mlp:10"
+        "alpha:1", "fraud-deep:1", "fraud-lr:1", "fraud-mlp:1", "fraud-mlp:2", "fraud-mlp:10",
+        "purchases-gru:1", "purchases-rfm:1",
     ]  # fmt: skip
-    assert list_models(None) == ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1"]
-    assert list_models(tmp_path / "missing") == ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1"]
+    assert list_models(None) == packaged  # the product's and its packaged pipelines'
+    assert list_models(tmp_path / "missing") == packaged
 
 
 def test_resolved_registry_artifact_loads(small_artifact: Path, tmp_path: Path) -> None:

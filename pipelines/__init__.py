@@ -1,0 +1,1 @@
+"""Packaged pipelines, each a package exposing ``pipeline``, declared like a user's own."""

@@ -1,0 +1,153 @@
+"""A pipeline's event: the user's pydantic model, held to the wire rules, and its columns.
+
+Whatever ``model_config`` the user wrote, events are validated as the packaged
+event is: strict types (``"3"`` is not a number), finite numbers, unknown
+fields ignored, and a record over 64 KiB malformed. A valid chunk becomes
+columns: numbers and booleans as float64 arrays (NaN for an absent optional
+one), strings as object arrays, which is what the feature function and the
+state walk read.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from streams.pipeline.errors import PipelineError
+
+__all__ = ["MAX_RECORD_BYTES", "Column", "EventSchema", "Invalid"]
+
+#: A record (key + value) larger than this is malformed, for every pipeline.
+MAX_RECORD_BYTES = 64 * 1024
+
+Column = npt.NDArray[np.float64] | npt.NDArray[np.object_]
+_WIRE = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why one record is not an event: its stage (``decode`` or ``validate``) and reason."""
+
+    stage: Literal["decode", "validate"]
+    error_class: str
+    message: str
+
+
+def _kind(annotation: Any) -> tuple[str, bool] | None:
+    """``("number"|"string", optional)`` for a supported field type, None otherwise."""
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        optional, annotation = True, args[0]
+        origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+        origin = typing.get_origin(annotation)
+    if origin is Literal:
+        values = typing.get_args(annotation)
+        if all(isinstance(v, str) for v in values):
+            return "string", optional
+        if all(isinstance(v, int | float) for v in values):
+            return "number", optional
+        return None
+    if annotation in (int, float, bool):
+        return "number", optional
+    if annotation is str:
+        return "string", optional
+    return None
+
+
+class EventSchema:
+    """Validation and columns of one pipeline's event model."""
+
+    def __init__(self, event: type[BaseModel], *, key: str, event_id: str, time: str | None):
+        if not (isinstance(event, type) and issubclass(event, BaseModel)):
+            raise PipelineError(f"event must be a pydantic model class, not {event!r}")
+        # The wire rules, over whatever the user configured: a subclass merges configs.
+        self.model: type[BaseModel] = type(event.__name__, (event,), {"model_config": _WIRE})
+        self.kinds: dict[str, str] = {}
+        for name, info in event.model_fields.items():
+            kind = _kind(info.annotation)
+            if kind is None:
+                raise PipelineError(
+                    f"event field {name!r}: type {info.annotation} is not supported; an "
+                    "event field is a number, a boolean, a string or a Literal (optional or not)"
+                )
+            self.kinds[name] = kind[0]
+        for role, name in (("key", key), ("event_id", event_id)):
+            if name not in self.kinds:
+                raise PipelineError(f"{role} {name!r} is not a field of {event.__name__}")
+            if self.kinds[name] != "string":
+                raise PipelineError(f"{role} {name!r} must be a string field")
+            if _kind(event.model_fields[name].annotation) != ("string", False):
+                raise PipelineError(f"{role} {name!r} cannot be optional")
+        if time is not None:
+            if time not in self.kinds:
+                raise PipelineError(f"time {time!r} is not a field of {event.__name__}")
+            if _kind(event.model_fields[time].annotation) != ("number", False):
+                raise PipelineError(f"time {time!r} must be a required number (epoch seconds)")
+        self.key, self.event_id, self.time = key, event_id, time
+        self.name = event.__name__
+
+    def numeric(self, field: str) -> bool:
+        return self.kinds.get(field) == "number"
+
+    def validate(self, key: bytes | None, value: bytes | None) -> BaseModel | Invalid:
+        """One record's event, or why it is none (the worker's validation, record by record)."""
+        if value is None:
+            return Invalid("decode", "EmptyRecord", "the record has no value (a tombstone)")
+        size = len(value) + (len(key) if key else 0)
+        if size > MAX_RECORD_BYTES:
+            return Invalid(
+                "decode", "RecordTooLarge", f"{size} bytes; at most {MAX_RECORD_BYTES} allowed"
+            )
+        try:
+            event = self.model.model_validate_json(value)
+        except ValidationError as exc:
+            stage: Literal["decode", "validate"] = (
+                "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
+            )
+            if exc.errors() and exc.errors()[0]["type"] == "model_type":
+                return Invalid("decode", "NotAnObject", "the value is JSON but not an object")
+            return Invalid(stage, "ValidationError", _one_line(exc))
+        entity = getattr(event, self.key)
+        if key is not None and key != entity.encode("utf-8", "surrogatepass"):
+            return Invalid(
+                "validate", "KeyMismatch", f"the record key is not the event's {self.key!r}"
+            )
+        return event
+
+    def columns(self, events: Sequence[BaseModel]) -> dict[str, Column]:
+        """Each field of ``events`` as an array (numbers float64, NaN when absent)."""
+        out: dict[str, Column] = {}
+        for name, kind in self.kinds.items():
+            values = [getattr(e, name) for e in events]
+            if kind == "number":
+                out[name] = np.array(
+                    [np.nan if v is None else float(v) for v in values], dtype=np.float64
+                )
+            else:
+                column = np.empty(len(values), dtype=object)
+                column[:] = values
+                out[name] = column
+        return out
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "(value)"
+        parts.append(f"{where}: {error['msg']}")
+    if exc.error_count() > 3:
+        parts.append(f"and {exc.error_count() - 3} more")
+    return "; ".join(parts)[:1024]
