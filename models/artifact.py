@@ -80,6 +80,7 @@ class Manifest(BaseModel):
     weights: str = Field(description="file name of the weights, inside the artifact directory")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     format: Literal["safetensors"]
+    pipeline: Literal["fraud"] | None = None  # the contract's optional field; fraud's models only
     architecture: Architecture
     input_spec: InputSpec
     metrics: dict[str, MetricValue] = Field(default_factory=dict)
@@ -153,7 +154,9 @@ def save_artifact(
         input_spec=spec,
         metrics=metrics,
     )
-    text = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, indent=2) + "\n"
+    omit = {"pipeline"} if manifest.pipeline is None else None  # no "pipeline": null
+    fields = manifest.model_dump(mode="json", exclude=omit)
+    text = json.dumps(fields, sort_keys=True, indent=2) + "\n"
     manifest_tmp = path / f".{MANIFEST}.tmp"
     manifest_tmp.write_text(text, encoding="utf-8")
     os.replace(weights_tmp, path / WEIGHTS)

@@ -26,14 +26,16 @@ def test_add_then_list_then_add_again(tmp_path: Path) -> None:
     registry = tmp_path / "registry"
     before = _run(registry, "list")
     assert before.returncode == 0, before.stderr
-    assert before.stdout.splitlines() == ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1"]
+    packaged = ["fraud-deep:1", "fraud-lr:1", "fraud-mlp:1", "purchases-gru:1", "purchases-rfm:1"]
+    assert before.stdout.splitlines() == packaged
 
     artifact = renamed(tmp_path / "src", "fraud-deep", "2")
     added = _run(registry, "add", str(artifact))
     assert (added.returncode, added.stdout, added.stderr) == (0, "added fraud-deep:2\n", "")
     listed = _run(registry, "list")
     assert listed.stdout.splitlines() == [
-        "fraud-deep:1", "fraud-deep:2", "fraud-lr:1", "fraud-mlp:1"
+        "fraud-deep:1", "fraud-deep:2", "fraud-lr:1", "fraud-mlp:1", "purchases-gru:1",
+        "purchases-rfm:1",
     ]  # fmt: skip
 
     again = _run(registry, "add", str(artifact))

@@ -144,3 +144,26 @@ def test_models_add_checks_the_model_against_the_pipeline(
     assert mismatch.exit_code == 2
     assert "input 'aggregates' is float32 [None, 8]" in mismatch.stderr
     assert not (tmp_path / "registry" / "purchases-rfm" / "3").exists()
+
+
+def test_a_fraud_manifest_may_name_its_pipeline(tmp_path: Path) -> None:
+    from models.artifact import load_artifact, packaged_artifacts_dir
+
+    copy = tmp_path / "fraud-lr"
+    shutil.copytree(packaged_artifacts_dir() / "fraud-lr" / "1", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "pipeline": "fraud"}))
+    assert load_artifact(copy).manifest.pipeline == "fraud"
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "pipeline": "purchases"}))
+    with pytest.raises(Exception, match="made for pipeline 'purchases'"):
+        load_artifact(copy)
+
+
+def test_the_pipeline_probe_runs_every_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.pipeline_probe import probe
+
+    monkeypatch.setenv("STREAMSCORE_DATA_DIR", str(CACHE.parent))
+    results = probe("purchases", 600, batch=128, repeats=1, threads=1)
+    assert results["events"] == 600
+    for stage in ("validate_us", "features_us", "model_batched_us", "model_single_us"):
+        assert 0 < results[stage] < 1e6  # microseconds per event, measured (not a target)
