@@ -2,10 +2,14 @@
 
 Whatever ``model_config`` the user wrote, events are validated as the packaged
 event is: strict types (``"3"`` is not a number), finite numbers, unknown
-fields ignored, and a record over 64 KiB malformed. A valid chunk becomes
-columns: numbers and booleans as float64 arrays (NaN for an absent optional
-one), strings as object arrays, which is what the feature function and the
-state walk read.
+fields ignored, and a record over 64 KiB malformed. Each record is tried
+first with a msgspec decoder derived from the model (one C pass, when every
+constraint of the model has a msgspec equivalent); what it refuses goes to
+pydantic, the schema of record, which accepts or names the fault, so the
+shortcut only has to accept nothing pydantic would refuse (a property test
+holds it to that). A valid chunk becomes columns: numbers and booleans as
+float64 arrays (NaN for an absent optional one), strings as object arrays,
+which is what the feature function and the state walk read.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import annotated_types
+import msgspec
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticUndefined
 
 from streams.pipeline.errors import PipelineError
 
@@ -67,6 +74,60 @@ def _kind(annotation: Any) -> tuple[str, bool] | None:
     return None
 
 
+_BOUNDS = {
+    annotated_types.Ge: "ge",
+    annotated_types.Gt: "gt",
+    annotated_types.Le: "le",
+    annotated_types.Lt: "lt",
+    annotated_types.MinLen: "min_length",
+    annotated_types.MaxLen: "max_length",
+}
+
+
+def fast_decoder(event: type[BaseModel]) -> msgspec.json.Decoder[Any] | None:
+    """A msgspec decoder accepting a subset of what ``event`` accepts (None: no safe one).
+
+    Only plain types and bounds translate: a pattern (another regex engine), an
+    alias, a validator or any other constraint leaves the model to pydantic alone.
+    """
+    decorators = event.__pydantic_decorators__
+    if any(
+        (decorators.validators, decorators.field_validators, decorators.root_validators,
+         decorators.model_validators)
+    ):  # fmt: skip
+        return None
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for name, info in event.model_fields.items():
+        if info.alias not in (None, name) or info.validation_alias not in (None, name):
+            return None
+        if _kind(info.annotation) is None:
+            return None
+        bounds: dict[str, Any] = {}
+        for item in info.metadata:
+            key = _BOUNDS.get(type(item))
+            if key is None:
+                return None
+            bounds[key] = getattr(item, key)
+        annotation: Any = info.annotation
+        if bounds:
+            base, optional = annotation, False
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+                base = next(a for a in typing.get_args(annotation) if a is not type(None))
+                optional = True
+            constrained: Any = typing.Annotated[base, msgspec.Meta(**bounds)]
+            annotation = constrained | None if optional else constrained
+        if info.is_required():
+            fields.append((name, annotation))
+        elif info.default is not PydanticUndefined and info.default_factory is None:
+            fields.append((name, annotation, info.default))
+        else:
+            return None
+    required = [f for f in fields if len(f) == 2]
+    optional_fields = [f for f in fields if len(f) == 3]
+    struct = msgspec.defstruct(f"Fast{event.__name__}", [*required, *optional_fields])
+    return msgspec.json.Decoder(struct)
+
+
 class EventSchema:
     """Validation and columns of one pipeline's event model."""
 
@@ -75,6 +136,7 @@ class EventSchema:
             raise PipelineError(f"event must be a pydantic model class, not {event!r}")
         # The wire rules, over whatever the user configured: a subclass merges configs.
         self.model: type[BaseModel] = type(event.__name__, (event,), {"model_config": _WIRE})
+        self.fast = fast_decoder(event)
         self.kinds: dict[str, str] = {}
         for name, info in event.model_fields.items():
             kind = _kind(info.annotation)
@@ -102,8 +164,8 @@ class EventSchema:
     def numeric(self, field: str) -> bool:
         return self.kinds.get(field) == "number"
 
-    def validate(self, key: bytes | None, value: bytes | None) -> BaseModel | Invalid:
-        """One record's event, or why it is none (the worker's validation, record by record)."""
+    def validate(self, key: bytes | None, value: bytes | None) -> Any:
+        """One record's event (fields as attributes), or why it is none (an :class:`Invalid`)."""
         if value is None:
             return Invalid("decode", "EmptyRecord", "the record has no value (a tombstone)")
         size = len(value) + (len(key) if key else 0)
@@ -111,15 +173,16 @@ class EventSchema:
             return Invalid(
                 "decode", "RecordTooLarge", f"{size} bytes; at most {MAX_RECORD_BYTES} allowed"
             )
-        try:
-            event = self.model.model_validate_json(value)
-        except ValidationError as exc:
-            stage: Literal["decode", "validate"] = (
-                "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
-            )
-            if exc.errors() and exc.errors()[0]["type"] == "model_type":
-                return Invalid("decode", "NotAnObject", "the value is JSON but not an object")
-            return Invalid(stage, "ValidationError", _one_line(exc))
+        event: Any = None
+        if self.fast is not None:
+            try:
+                event = self.fast.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                event = None  # pydantic decides, and says why
+        if event is None:
+            event = self._pydantic(value)
+            if isinstance(event, Invalid):
+                return event
         entity = getattr(event, self.key)
         if key is not None and key != entity.encode("utf-8", "surrogatepass"):
             return Invalid(
@@ -127,7 +190,18 @@ class EventSchema:
             )
         return event
 
-    def columns(self, events: Sequence[BaseModel]) -> dict[str, Column]:
+    def _pydantic(self, value: bytes) -> BaseModel | Invalid:
+        try:
+            return self.model.model_validate_json(value)
+        except ValidationError as exc:
+            stage: Literal["decode", "validate"] = (
+                "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
+            )
+            if exc.errors() and exc.errors()[0]["type"] == "model_type":
+                return Invalid("decode", "NotAnObject", "the value is JSON but not an object")
+            return Invalid(stage, "ValidationError", _one_line(exc))
+
+    def columns(self, events: Sequence[Any]) -> dict[str, Column]:
         """Each field of ``events`` as an array (numbers float64, NaN when absent)."""
         out: dict[str, Column] = {}
         for name, kind in self.kinds.items():
