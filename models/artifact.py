@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from models.errors import ArtifactError, InputMismatch, ModelError
 from models.execution import ExecutionOptions, Executor
-from models.featurize import RawFeatures
+from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from models.fraud_mlp import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, FraudMLP
 from models.preprocess import InputSpec, Preprocessor
 
@@ -298,6 +298,26 @@ class LoadedModel:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Batch sizes a batch is padded to (none: each batch runs as it comes)."""
+        return self.executor.options.buckets
+
+    def describe(self) -> str:
+        """How it runs, for the log line of a model loaded."""
+        options = self.executor.options
+        return (
+            f"{options.precision}, compile {options.compile}, largest score difference from "
+            f"fp32 {self.executor.precision_error:.2g}"
+        )
+
+    def blank(self, size: int) -> RawFeatures:
+        """``size`` events with every feature unknown: the warm-up batch."""
+        return RawFeatures(
+            np.full((size, len(NUMERIC_FEATURES)), np.nan, dtype=np.float32),
+            tuple(["?"] * size for _ in CATEGORICAL_FEATURES),
+        )
 
     def prepare(self, raw: RawFeatures) -> torch.Tensor:
         """Model input for ``raw``: a CPU float32 tensor ``[n, width]``."""

@@ -96,8 +96,8 @@ class RawFeatures:
             tuple([c[i] for i in rows] for c in self.categorical),
         )
 
-    @staticmethod
-    def concat(parts: Sequence[RawFeatures]) -> RawFeatures:
+    @classmethod
+    def concat(cls, parts: Sequence[RawFeatures]) -> RawFeatures:
         if len(parts) == 1:
             return parts[0]
         numeric = np.concatenate([p.numeric for p in parts], axis=0)

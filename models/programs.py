@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from models.artifact import verified_bytes
 from models.errors import ArtifactError, InferenceError, InputMismatch
+from models.inputs import NamedInputs
 
 __all__ = [
     "InputSpecEntry",
@@ -141,9 +142,40 @@ class LoadedProgram:
     def ref(self) -> str:
         return self.manifest.ref
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> npt.NDArray[np.float32]:
-        """One score per event, float32 on the CPU (checked: finite, in [0, 1], one per row)."""
-        n = len(next(iter(inputs.values())))
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    #: Batch sizes a batch is padded to (none: a program runs each batch as it comes).
+    buckets: ClassVar[tuple[int, ...]] = ()
+
+    def describe(self) -> str:
+        """How it runs, for the log line of a model loaded."""
+        return f"{self.manifest.format}, {len(self.order)} inputs"
+
+    def blank(self, size: int) -> NamedInputs:
+        """``size`` events of zeros: the warm-up batch."""
+        return NamedInputs(
+            {
+                name: np.zeros(
+                    (size, *[d if d is not None else 1 for d in spec.shape[1:]]),
+                    dtype=np.dtype(spec.dtype),
+                )
+                for name, spec in self.manifest.inputs.items()
+            },
+            size,
+        )
+
+    def predict(self, inputs: NamedInputs | Mapping[str, np.ndarray]) -> npt.NDArray[np.float32]:
+        """One score per event, float32 on the CPU (checked: one per row)."""
+        if isinstance(inputs, NamedInputs):
+            n, inputs = inputs.n, inputs.arrays
+        else:
+            n = len(next(iter(inputs.values())))
         tensors = [
             torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.device)
             for name in self.order
@@ -329,14 +361,8 @@ def _from_safetensors(
 
 def _smoke(loaded: LoadedProgram) -> None:
     """Eight events of zeros must give eight finite scores in [0, 1]."""
-    batch = {
-        name: np.zeros(
-            (8, *[d if d is not None else 1 for d in spec.shape[1:]]), dtype=np.dtype(spec.dtype)
-        )
-        for name, spec in loaded.manifest.inputs.items()
-    }
     try:
-        scores = loaded.predict(batch)
+        scores = loaded.predict(loaded.blank(8))
     except InferenceError as exc:
         raise ArtifactError(f"smoke batch: {exc}") from exc
     if scores.shape != (8,) or not np.isfinite(scores).all():

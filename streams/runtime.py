@@ -11,12 +11,15 @@ import asyncio
 import gc
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
 from confluent_kafka import OFFSET_BEGINNING
 
+from models.programs import load_program
 from schemas.rollout import PlanError, RolloutPlan
-from streams.errors import BrokerError
+from streams.errors import BrokerError, ConfigError
 from streams.kafka.bulk import BulkConsumer, Sink
 from streams.kafka.emit import Emitter, producer_size_config
 from streams.kafka.flow import Flow
@@ -24,12 +27,16 @@ from streams.kafka.tables import TableState
 from streams.kafka.topics import Cluster, prepare_topics
 from streams.kafka.transactions import ExactlyOnce, TransactionalEmitter
 from streams.metrics import Metrics
+from streams.pipeline.declare import Pipeline
+from streams.pipeline.loader import DEFAULT_PIPELINE, load_pipeline
 from streams.rollout.control import ensure_control_topic, read_plan_and_end
 from streams.rollout.plans import Models, PlanFollower
 from streams.scoring.agent import ScoringPipeline
 from streams.scoring.deadletters import DeadLetterSink
-from streams.scoring.features import FeatureStage
-from streams.scoring.inference import resolve_device
+from streams.scoring.declared import DeclaredIntake
+from streams.scoring.features import FeatureStage, FraudIntake
+from streams.scoring.inference import Inference, resolve_device
+from streams.scoring.intake import IntakeStage
 from streams.scoring.ladder import BreakerState, Ladder
 from streams.scoring.profiles import FeaturePipeline
 from streams.scoring.router import Deployment
@@ -56,10 +63,56 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def served_pipeline(settings: Settings) -> Pipeline | None:
+    """The declared pipeline the worker serves (None: the built-in ``fraud``)."""
+    if settings.pipeline == DEFAULT_PIPELINE:
+        return None
+    return load_pipeline(settings.pipeline)
+
+
+def served_model(settings: Settings, pipeline: Pipeline) -> str:
+    """The primary when no plan names one: ``STREAMSCORE_MODEL``, else the pipeline's own."""
+    ref = settings.model or pipeline.model
+    if ref is None:
+        raise ConfigError(
+            f"pipeline {pipeline.name!r} names no default model: set STREAMSCORE_MODEL"
+        )
+    return ref
+
+
+def for_pipeline(settings: Settings) -> Settings:
+    """The settings as a worker of the configured pipeline reads them.
+
+    The default fallback model (``fraud-lr:1``) is the built-in pipeline's: a
+    declared pipeline has a fallback only when one is configured.
+    """
+    if settings.pipeline == DEFAULT_PIPELINE or "fallback_model" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"fallback_model": None})
+
+
+def program_loader(pipeline: Pipeline) -> Callable[[Path, torch.device], Inference]:
+    """Loads a model of ``pipeline``: its format, and its inputs checked against the features."""
+
+    def load(path: Path, device: torch.device) -> Inference:
+        return Inference(
+            load_program(
+                path,
+                pipeline=pipeline.name,
+                inputs=pipeline.describe_inputs(),
+                architectures=pipeline.architectures,
+                device=device,
+            )
+        )
+
+    return load
+
+
 class Runtime:
     """The worker's pipeline objects and health."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        settings = for_pipeline(settings)
         self.settings = settings
         self.metrics = metrics or Metrics.create()
         self.flow = Flow(settings.max_in_flight, self.metrics)
@@ -90,9 +143,18 @@ class Runtime:
         await loop.run_in_executor(None, ensure_control_topic, settings)
         plan, plan_error, follow_from = await loop.run_in_executor(None, _read_plan, settings)
         device = resolve_device(settings.device)
-        self.plans = PlanFollower(
-            settings, self.metrics, Models(settings, device, self.metrics), self._install
-        )
+        served = served_pipeline(settings)
+        if served is None:
+            models = Models(settings, device, self.metrics, default=settings.model)
+        else:
+            models = Models(
+                settings,
+                device,
+                self.metrics,
+                program_loader(served),
+                served_model(settings, served),
+            )
+        self.plans = PlanFollower(settings, self.metrics, models, self._install)
         deployment = await self.plans.start(plan, plan_error)
 
         emitter: Emitter | TransactionalEmitter
@@ -143,9 +205,14 @@ class Runtime:
             on_fatal=fatal,
         )
         profiles = TableState(profiles_table)
+        intake: IntakeStage
+        if served is None:
+            intake = FraudIntake(FeatureStage(profiles, TableState(history_table)))
+        else:
+            intake = DeclaredIntake(served, profiles, TableState(history_table))
         self.scoring = ScoringPipeline(
             flow=self.flow,
-            features=FeatureStage(profiles, TableState(history_table)),
+            intake=intake,
             deployment=deployment,
             emitter=emitter,
             dead_letters=dead_letters,

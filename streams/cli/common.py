@@ -22,23 +22,34 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 
 def served_pipeline_or_exit(settings: Settings) -> None:
-    """Exit 2 unless the configured pipeline is one a worker can serve (``fraud``, so far).
+    """Exit 2 unless the configured pipeline can be served: it loads, and so does its
+    primary model, for it (made for it, taking exactly the inputs its features produce).
 
-    A declared pipeline is loaded first, so a broken one is reported as such.
+    Checked before a worker joins a group, so a mistake is a message, not a crash loop.
     """
     if settings.pipeline == "fraud":
         return
-    from streams.pipeline.loader import load_pipeline
+    from models.errors import ModelError
+    from models.registry import resolve
+    from streams.runtime import program_loader, served_model, served_pipeline
 
     try:
-        load_pipeline(settings.pipeline)
+        declared = served_pipeline(settings)
+        assert declared is not None
+        ref = served_model(settings, declared)
+        if settings.routing_rules:
+            raise ConfigError(
+                f"STREAMSCORE_ROUTING_RULES: pipeline {declared.name!r} routes by its own fields, "
+                "which rules cannot name yet; leave the rules empty"
+            )
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    fail(
-        f"STREAMSCORE_PIPELINE={settings.pipeline}: the worker serves the packaged 'fraud' "
-        "pipeline only so far; try a declared pipeline with `streamscore pipeline check`",
-        EXIT_USAGE,
-    )
+    import torch
+
+    try:
+        program_loader(declared)(resolve(ref, settings.registry_dir), torch.device("cpu")).close()
+    except ModelError as exc:
+        fail(f"model {ref} cannot serve pipeline {declared.name!r}: {exc}", EXIT_USAGE)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

@@ -79,6 +79,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.time)
 
+    def rows(self, start: int, stop: int) -> Batch:
+        """Events ``start`` to ``stop`` only (to find the events a feature function fails on)."""
+        cut = slice(start, stop)
+        return Batch(
+            {k: v[cut] for k, v in self.columns.items()},
+            self.time[cut],
+            {k: v[cut] for k, v in self.state.items()},
+            None if self.window is None else self.window[cut],
+            None if self.length is None else self.length[cut],
+            {k: v[cut] for k, v in self.profile.items()},
+        )
+
     def __getitem__(self, name: str) -> Column:
         """An event field, an aggregate or a profile feature, by name (in that order)."""
         for source in (self.columns, self.state, self.profile):

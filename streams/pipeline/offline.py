@@ -78,6 +78,6 @@ def run_lines(pipeline: Pipeline, lines: Iterable[bytes], chunk: int = CHUNK) ->
             pipeline, events, offsets, now, lambda keys: [table.get(k) for k in keys]
         )
         table.update(zip(featurized.entities, featurized.writes, strict=True))
-        for row in np.flatnonzero(featurized.unusable):
-            failures.append(Failure(int(offsets[row]), "features", "a feature is NaN or infinite"))
+        for row, why in sorted(featurized.failures.items()):
+            failures.append(Failure(int(offsets[row]), "features", why))
         yield Chunk(offsets, events, featurized, failures)

@@ -54,25 +54,36 @@ CHECK_INTERVAL = 1.0
 class Models:
     """Loaded and warmed models by ``NAME:VERSION``, shared by successive deployments."""
 
-    def __init__(self, settings: Settings, device: torch.device, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        device: torch.device,
+        metrics: Metrics,
+        loader: Callable[[Path, torch.device], Inference] | None = None,
+        default: str | None = None,
+    ) -> None:
         self.settings = settings
         self.device = device
         self.metrics = metrics
+        #: Loads one artifact for the served pipeline (default: the built-in pipeline's).
+        self.loader = loader or (
+            lambda path, device: Inference.load(path, device, settings.execution())
+        )
+        self.default = default  # what no reference means (None: the packaged default model)
         self._loaded: dict[Path, Inference] = {}
 
     async def get(self, reference: str | None) -> Inference:
-        """The model ``reference`` names (None: ``STREAMSCORE_MODEL``), loaded and warm."""
+        """The model ``reference`` names (None: the default model), loaded and warm."""
         settings = self.settings
         loop = asyncio.get_running_loop()
+        ref = reference if reference is not None else self.default
         path = await loop.run_in_executor(
-            None, lambda: Path(resolve(reference, settings.registry_dir)).resolve()
+            None, lambda: Path(resolve(ref, settings.registry_dir)).resolve()
         )
         if path in self._loaded:
             return self._loaded[path]
         started = time.perf_counter()
-        inference = await loop.run_in_executor(
-            None, Inference.load, path, self.device, settings.execution()
-        )
+        inference = await loop.run_in_executor(None, self.loader, path, self.device)
         loaded = time.perf_counter()
         if settings.torch_threads:
             inference.threads = settings.torch_threads
@@ -83,12 +94,9 @@ class Models:
         metrics.model_warmup.labels(model.name, model.version).set(time.perf_counter() - loaded)
         metrics.model_timeouts.labels(model.name, model.version)
         metrics.model_compute.labels(model.name, model.version, str(model.device))
-        options = model.executor.options
         log.info(
-            "model %s loaded from %s on %s (%s, compile %s, largest score difference from "
-            "fp32 %.2g)", model.ref, path, self.device, options.precision, options.compile,
-            model.executor.precision_error,
-        )  # fmt: skip
+            "model %s loaded from %s on %s (%s)", model.ref, path, self.device, model.describe()
+        )
         self._loaded[path] = inference
         return inference
 
@@ -192,7 +200,7 @@ class PlanFollower:
         """Load (or reuse) every model of ``plan``; raise if one cannot be had."""
         settings = self.settings
         models = self.models
-        primary = await models.get(plan.primary if plan is not None else settings.model)
+        primary = await models.get(plan.primary if plan is not None else None)
         current = self.current
         if current is not None and current.ladder.primary is primary:
             ladder = current.ladder  # same primary: keep its breaker's state

@@ -22,16 +22,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 from faust.types import TP
 from prometheus_client import Counter
 
-from models.artifact import LoadedModel
-from models.featurize import RawFeatures
-from schemas.events import EventRecord
+from models.inputs import ModelInput
 from schemas.scores import ScoreBatch, ScoreEncoder
 from streams.errors import EmitError, InferenceError
 from streams.kafka.bulk import Chunk
@@ -41,9 +39,9 @@ from streams.kafka.transactions import TransactionalEmitter
 from streams.metrics import Metrics
 from streams.scoring.batcher import Batch, MicroBatcher
 from streams.scoring.deadletters import DeadLetterSink
-from streams.scoring.decode import DeadLetter, Record, decode_events
-from streams.scoring.features import FeatureStage
-from streams.scoring.inference import Inference
+from streams.scoring.decode import DeadLetter, Record
+from streams.scoring.inference import Inference, ScoringModel
+from streams.scoring.intake import IntakeStage
 from streams.scoring.ladder import ROUTE_NAMES, Outcome, Route
 from streams.scoring.router import Deployment, route_batch
 
@@ -58,8 +56,11 @@ class ScoringPart:
     """Valid events of one chunk (each partition's in offset order), with their model input."""
 
     records: list[Record]
-    events: list[EventRecord]
-    raw: RawFeatures
+    events: list[Any]  # validated events (routing rules read them)
+    ids: list[str]  # each event's id, entity and time, for its score
+    entities: list[str]
+    times: list[float]
+    raw: ModelInput
     state: asyncio.Future[None]  # resolved when the chunk's history writes are durable
     generation: int
     fetched_at: float  # wall clock when the chunk was fetched
@@ -72,12 +73,14 @@ class ScoringPart:
     def split(self, n: int) -> tuple[Self, Self]:
         cls = type(self)
         head = cls(
-            self.records[:n], self.events[:n], self.raw.take(0, n), self.state, self.generation,
-            self.fetched_at, self.stamps[:n], self.degraded[:n],
+            self.records[:n], self.events[:n], self.ids[:n], self.entities[:n], self.times[:n],
+            self.raw.take(0, n), self.state, self.generation, self.fetched_at, self.stamps[:n],
+            self.degraded[:n],
         )  # fmt: skip
         tail = cls(
-            self.records[n:], self.events[n:], self.raw.take(n, len(self)), self.state,
-            self.generation, self.fetched_at, self.stamps[n:], self.degraded[n:],
+            self.records[n:], self.events[n:], self.ids[n:], self.entities[n:], self.times[n:],
+            self.raw.take(n, len(self)), self.state, self.generation, self.fetched_at,
+            self.stamps[n:], self.degraded[n:],
         )  # fmt: skip
         return head, tail
 
@@ -89,7 +92,7 @@ class ScoringPipeline:
         self,
         *,
         flow: Flow,
-        features: FeatureStage,
+        intake: IntakeStage,
         deployment: Deployment,
         emitter: Emitter | TransactionalEmitter,
         dead_letters: DeadLetterSink,
@@ -102,7 +105,7 @@ class ScoringPipeline:
         on_fatal: Callable[[BaseException], None],
     ) -> None:
         self.flow = flow
-        self.features = features
+        self.intake = intake
         self.deployment = deployment  # swapped whole by the plan follower, between batches
         self.emitter = emitter
         self.dead_letters = dead_letters
@@ -178,29 +181,16 @@ class ScoringPipeline:
         if not records:
             return  # nothing new, or fetched before a drain: it will be read again
         generation = flow.generation
-        decoded = decode_events(records)
-        if decoded.dead:
-            self._send_dead_letters(decoded.dead, generation)
-        if not decoded.items:
+        intake = self.intake.prepare(records)
+        state = self._write_state(intake.changelog, records[0].topic)
+        if intake.dead:  # finished once the chunk's state is durable too
+            self._send_dead_letters(intake.dead, generation, [state])
+        kept_records = intake.records
+        if not kept_records or intake.inputs is None:
             return
-        prepared = self.features.prepare(decoded.records, decoded.items)
-        if prepared.failed:
-            dead = [
-                DeadLetter(decoded.records[i], "features", type(exc).__name__, str(exc))
-                for i, exc in sorted(prepared.failed.items())
-            ]
-            self._send_dead_letters(dead, generation)
-        if not prepared.keep:
-            return
-        self.metrics.feature_read.observe(prepared.read_seconds)
-        for reason, count in prepared.degraded_reasons.items():
+        self.metrics.feature_read.observe(intake.read_seconds)
+        for reason, count in intake.degraded_reasons.items():
             self.metrics.degraded_features.labels(reason).inc(count)
-        state = self._write_state(prepared.changelog, decoded.records[0].topic)
-        if len(prepared.keep) == len(decoded.records):
-            kept_records, kept_events = decoded.records, decoded.items
-        else:
-            kept_records = [decoded.records[i] for i in prepared.keep]
-            kept_events = [decoded.items[i] for i in prepared.keep]
         stamps = np.fromiter(
             (record.timestamp or 0 for record in kept_records), np.float64, len(kept_records)
         )
@@ -209,8 +199,8 @@ class ScoringPipeline:
         if oldest > 0:  # every record carries a timestamp (producers' clocks may run ahead)
             self.metrics.arrival.observe_many(np.maximum(chunk.fetched_at - stamps, 0.0))
         part = ScoringPart(
-            kept_records, kept_events, prepared.raw, state, generation, chunk.fetched_at, stamps,
-            prepared.degraded,
+            kept_records, intake.events, intake.ids, intake.entities, intake.times, intake.inputs,
+            state, generation, chunk.fetched_at, stamps, intake.degraded,
         )  # fmt: skip
         await self.batcher.put(part, age=time.time() - oldest if oldest > 0 else 0.0)
 
@@ -219,7 +209,7 @@ class ScoringPipeline:
         if not changelog:
             future.set_result(None)
             return future
-        history = self.features.history
+        history = self.intake.state
 
         def written(report: Delivered) -> None:
             if report.failures:
@@ -258,12 +248,15 @@ class ScoringPipeline:
     # -- the model -------------------------------------------------------------------------
     async def _run(self, batch: Batch[ScoringPart]) -> Scoring:
         deployment = self.deployment  # one set of models for the whole batch
-        raw = RawFeatures.concat([part.raw for part in batch.parts])
-        record_times = _stamps(batch.parts)
-        events = None
-        if deployment.rules or deployment.canary is not None:
-            events = [event for part in batch.parts for event in part.events]
-        outcome = await route_batch(deployment, raw, record_times, events)
+        parts = batch.parts
+        raw = parts[0].raw if len(parts) == 1 else type(parts[0].raw).concat([p.raw for p in parts])
+        record_times = _stamps(parts)
+        events = entities = None
+        if deployment.rules:
+            events = [event for part in parts for event in part.events]
+        if deployment.canary is not None:
+            entities = [entity for part in parts for entity in part.entities]
+        outcome = await route_batch(deployment, raw, record_times, entities, events)
         return Scoring(outcome, raw, deployment)
 
     def _deliver(self, batch: Batch[ScoringPart], scoring: Scoring | Exception) -> None:
@@ -326,7 +319,8 @@ class ScoringPipeline:
         for part in parts:
             before = len(sources)
             flags = part.degraded.tolist() if part.degraded.any() else None
-            for index, (record, event) in enumerate(zip(part.records, part.events, strict=True)):
+            rows = zip(part.records, part.ids, part.entities, part.times, strict=True)
+            for index, (record, event_id, entity, event_ts) in enumerate(rows):
                 route = routes[row]
                 if route == Route.FAILED:
                     failure = outcome.failures.get(row) or InferenceError("no score")
@@ -338,8 +332,8 @@ class ScoringPipeline:
                     encoder = imputed[route]
                     degraded_rows += not producers[route].degraded
                 add(
-                    encoder, event["event_id"], event["entity_id"], scores[row], event["ts"],
-                    scored_ts, record.topic, record.partition, record.offset,
+                    encoder, event_id, entity, scores[row], event_ts, scored_ts, record.topic,
+                    record.partition, record.offset,
                 )  # fmt: skip
                 keys.append(record.key)
                 sources.append(record)
@@ -398,7 +392,7 @@ class ScoringPipeline:
         shadow: Inference,
         parts: list[ScoringPart],
         outcome: Outcome,
-        raw: RawFeatures,
+        raw: ModelInput,
     ) -> None:
         """Score what was just emitted with the shadow model too, on its own budget.
 
@@ -415,7 +409,9 @@ class ScoringPipeline:
             shed.labels("overload").inc(len(rows))
             return
         records = [r for part in parts for r in part.records]
-        events = [e for part in parts for e in part.events]
+        ids = [i for part in parts for i in part.ids]
+        entities = [e for part in parts for e in part.entities]
+        times = [t for part in parts for t in part.times]
         primary_scores = outcome.scores[rows]
         subset = raw if len(rows) == len(raw) else raw.select(rows)
         self._shadow_pending += len(rows)
@@ -445,10 +441,10 @@ class ScoringPipeline:
             for position, row in enumerate(rows):
                 if position in scored.failures:
                     continue
-                record, event = records[row], events[row]
+                record = records[row]
                 batch.add(
-                    encoder, event["event_id"], event["entity_id"], values[position],
-                    event["ts"], scored_ts, record.topic, record.partition, record.offset,
+                    encoder, ids[row], entities[row], values[position], times[row], scored_ts,
+                    record.topic, record.partition, record.offset,
                 )  # fmt: skip
                 keys.append(record.key)
                 sources.append(record)
@@ -503,7 +499,7 @@ class Scoring:
     """A scored batch, with its model input and the models that scored it (for the shadow)."""
 
     outcome: Outcome
-    raw: RawFeatures
+    raw: ModelInput
     deployment: Deployment
 
 
@@ -518,7 +514,7 @@ class _Producer:
     scores: Counter
     encoder: ScoreEncoder
     encoder_degraded: ScoreEncoder  # for an event scored on partly imputed features
-    model: LoadedModel | None  # the exact model loaded (a reloaded one gets a new producer)
+    model: ScoringModel | None  # the exact model loaded (a reloaded one gets a new producer)
 
 
 def _starts(parts: Sequence[ScoringPart]) -> list[tuple[ScoringPart, int]]:

@@ -42,7 +42,8 @@ from models.featurize import (
 from schemas.events import EventRecord
 from streams.kafka.emit import Outgoing
 from streams.kafka.tables import TableState
-from streams.scoring.decode import Record
+from streams.scoring.decode import DeadLetter, Record, decode_events
+from streams.scoring.intake import Intake
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +166,46 @@ class FeatureStage:
             for entity in entities:
                 degraded.setdefault(entity, "state_unreadable")
             return None
+
+
+_EVENT_ID = itemgetter("event_id")
+
+
+class FraudIntake:
+    """The built-in pipeline's intake: :func:`decode_events`, then :class:`FeatureStage`."""
+
+    def __init__(self, features: FeatureStage) -> None:
+        self.features = features
+
+    @property
+    def state(self) -> TableState:
+        return self.features.history
+
+    def prepare(self, records: Sequence[Record]) -> Intake:
+        decoded = decode_events(records)
+        if not decoded.items:
+            return Intake.dead_only(decoded.dead)
+        prepared = self.features.prepare(decoded.records, decoded.items)
+        dead = list(decoded.dead)
+        dead.extend(
+            DeadLetter(decoded.records[i], "features", type(exc).__name__, str(exc))
+            for i, exc in sorted(prepared.failed.items())
+        )
+        if len(prepared.keep) == len(decoded.records):
+            kept_records, kept_events = decoded.records, decoded.items
+        else:
+            kept_records = [decoded.records[i] for i in prepared.keep]
+            kept_events = [decoded.items[i] for i in prepared.keep]
+        return Intake(
+            kept_records,
+            kept_events,
+            list(map(_EVENT_ID, kept_events)),
+            list(map(_ENTITY, kept_events)),
+            list(map(_TS, kept_events)),
+            prepared.raw if kept_records else None,
+            dead,
+            prepared.changelog,
+            prepared.degraded,
+            prepared.degraded_reasons,
+            prepared.read_seconds,
+        )

@@ -19,14 +19,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.artifact import LoadedModel, load_artifact
+from models.artifact import load_artifact
 from models.execution import ExecutionOptions
-from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
+from models.inputs import ModelInput
 from streams.errors import ConfigError, InferenceError, NonFiniteScore
 from streams.threads import DaemonThread
 
@@ -55,6 +56,25 @@ def default_torch_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+class ScoringModel(Protocol):
+    """A loaded model of any format (:class:`models.artifact.LoadedModel`, a fraud model, or
+    :class:`models.programs.LoadedProgram`, a declared pipeline's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def buckets(self) -> tuple[int, ...]: ...
+    def describe(self) -> str: ...
+    def blank(self, size: int) -> Any: ...
+    def predict(self, inputs: Any) -> npt.NDArray[np.float32]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     """Scores of a batch, in order; ``failures`` maps positions to why they have none."""
@@ -67,7 +87,7 @@ class Scored:
 class Inference:
     """One loaded model on one device, called from the event loop."""
 
-    def __init__(self, model: LoadedModel, *, threads: int | None = None) -> None:
+    def __init__(self, model: ScoringModel, *, threads: int | None = None) -> None:
         self.model = model
         self.threads = threads or default_torch_threads()
         self._thread = DaemonThread(f"streamscore-model-{model.name}")
@@ -91,29 +111,25 @@ class Inference:
         A model padded to fixed batch sizes runs each of them instead: a compiled one
         compiles every shape it will see here, never on the hot path.
         """
-        sizes = self.model.executor.options.buckets or sizes
+        sizes = self.model.buckets or sizes
         await self._thread.submit(lambda: self._warm(sizes))
 
     def _warm(self, sizes: tuple[int, ...]) -> None:
         torch.set_num_threads(self.threads)
         for size in sizes:
-            raw = RawFeatures(
-                np.full((size, len(NUMERIC_FEATURES)), np.nan, dtype=np.float32),
-                tuple(["?"] * size for _ in CATEGORICAL_FEATURES),
-            )
-            self._score_isolating(raw)
+            self._score_isolating(self.model.blank(size))
 
-    def score(self, raw: RawFeatures) -> asyncio.Future[Scored]:
+    def score(self, raw: ModelInput) -> asyncio.Future[Scored]:
         """Score on the model thread; the future resolves on the calling loop."""
         return self._thread.submit(lambda: self._timed(raw))
 
-    def _timed(self, raw: RawFeatures) -> Scored:
+    def _timed(self, raw: ModelInput) -> Scored:
         started = time.perf_counter()
         scores, failures = self._score_isolating(raw)
         return Scored(scores, failures, time.perf_counter() - started)
 
     def _score_isolating(
-        self, raw: RawFeatures
+        self, raw: ModelInput
     ) -> tuple[npt.NDArray[np.float32], dict[int, Exception]]:
         n = len(raw)
         try:
@@ -134,7 +150,7 @@ class Inference:
                 failures[index] = NonFiniteScore(f"model returned {scores[index]!r}")
         return scores, failures
 
-    def _predict(self, raw: RawFeatures) -> npt.NDArray[np.float32]:
+    def _predict(self, raw: ModelInput) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
             scores = self.model.predict(raw)
         if scores.shape != (len(raw),):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from models.featurize import RawFeatures
+from models.inputs import ModelInput
 from streams.clock import Clock, MonotonicClock
 from streams.errors import InferenceError
 from streams.scoring.inference import Inference, Scored
@@ -181,7 +181,7 @@ class Ladder:
         self.deadline = deadline
         self.breaker = breaker
 
-    async def score(self, raw: RawFeatures, record_times: npt.NDArray[np.float64]) -> Outcome:
+    async def score(self, raw: ModelInput, record_times: npt.NDArray[np.float64]) -> Outcome:
         """``record_times``: each event's record timestamp, epoch seconds (for the deadline)."""
         n = len(raw)
         outcome = Outcome.unscored(n, [self.primary, self.fallback])
@@ -203,7 +203,7 @@ class Ladder:
             await self._fallback(raw, sorted(down), outcome)
         return outcome
 
-    async def _primary(self, raw: RawFeatures, rows: list[int], outcome: Outcome) -> list[int]:
+    async def _primary(self, raw: ModelInput, rows: list[int], outcome: Outcome) -> list[int]:
         """Score ``rows`` with the primary; return the rows the next rung must take."""
         scored = await self.call(self.primary, raw, rows, outcome)
         if scored is None:  # timed out, or failed outside its own retries
@@ -222,7 +222,7 @@ class Ladder:
             outcome.failures[rows[position]] = exc
         return []
 
-    async def _fallback(self, raw: RawFeatures, rows: list[int], outcome: Outcome) -> None:
+    async def _fallback(self, raw: ModelInput, rows: list[int], outcome: Outcome) -> None:
         rest = rows
         if self.fallback is not None:
             scored = await self.call(self.fallback, raw, rows, outcome)
@@ -241,7 +241,7 @@ class Ladder:
                 outcome.failures.setdefault(row, InferenceError("no model could score this event"))
 
     async def call(
-        self, inference: Inference, raw: RawFeatures, rows: list[int], outcome: Outcome
+        self, inference: Inference, raw: ModelInput, rows: list[int], outcome: Outcome
     ) -> Scored | None:
         """``inference`` on ``rows`` of ``raw`` within the model timeout; None if it failed."""
         subset = raw if len(rows) == len(raw) else raw.select(rows)

@@ -28,13 +28,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from models.featurize import RawFeatures
-from schemas.events import EventRecord
+from models.inputs import ModelInput
 from schemas.rollout import RolloutPlan, RoutingRule
 from streams.scoring.cohorts import members
 from streams.scoring.inference import Inference
@@ -92,13 +91,17 @@ class Deployment:
 
 async def route_batch(
     deployment: Deployment,
-    raw: RawFeatures,
+    raw: ModelInput,
     record_times: npt.NDArray[np.float64],
-    events: Sequence[EventRecord] | None,
+    entities: Sequence[str] | None,
+    events: Sequence[Any] | None,
 ) -> Outcome:
-    """Score one batch with ``deployment``; ``events`` are needed only for rules and canary."""
+    """Score one batch with ``deployment``; ``entities`` are needed only for the canary,
+    ``events`` only for rules."""
     ladder = deployment.ladder
-    sides = _assign(deployment, events) if events is not None else {}
+    sides = {}
+    if (deployment.rules and events is not None) or (deployment.canary and entities is not None):
+        sides = _assign(deployment, len(raw), entities, events)
     if not sides:
         outcome = await ladder.score(raw, record_times)
     else:
@@ -109,22 +112,24 @@ async def route_batch(
 
 
 def _assign(
-    deployment: Deployment, events: Sequence[EventRecord]
+    deployment: Deployment,
+    n: int,
+    entities: Sequence[str] | None,
+    events: Sequence[Any] | None,
 ) -> dict[int, tuple[Inference, list[int]]]:
     """Rows of the batch that side models take, by route code (empty: all to the primary)."""
-    n = len(events)
     code = np.full(n, Route.PRIMARY, dtype=np.int16)
-    if deployment.rules:
+    if deployment.rules and events is not None:
         for row, event in enumerate(events):
             for k, (rule, _) in enumerate(deployment.rules):
                 if rule.matches(event):
                     code[row] = Route.RULES + k
                     break
-    if deployment.canary is not None:
+    if deployment.canary is not None and entities is not None:
         open_rows = np.flatnonzero(code == Route.PRIMARY)
         if len(open_rows):
             chosen = members(
-                [events[row]["entity_id"] for row in open_rows.tolist()], deployment.canary_percent
+                [entities[row] for row in open_rows.tolist()], deployment.canary_percent
             )
             code[open_rows[chosen]] = Route.CANARY
     sides: dict[int, tuple[Inference, list[int]]] = {}
@@ -142,7 +147,7 @@ def _assign(
 async def _score_with_sides(
     deployment: Deployment,
     sides: dict[int, tuple[Inference, list[int]]],
-    raw: RawFeatures,
+    raw: ModelInput,
     record_times: npt.NDArray[np.float64],
 ) -> Outcome:
     ladder = deployment.ladder
@@ -225,7 +230,7 @@ def _observe_primary(
 
 
 async def _escalate(
-    deployment: Deployment, escalation: Inference, raw: RawFeatures, outcome: Outcome
+    deployment: Deployment, escalation: Inference, raw: ModelInput, outcome: Outcome
 ) -> None:
     """Score the uncertain events again with the heavier model, as one batch."""
     low, high = deployment.band

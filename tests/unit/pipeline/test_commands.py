@@ -222,17 +222,33 @@ def test_the_configured_pipeline_is_used_without_the_option(
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("env", "message"),
     [
-        (REF, "serves the packaged 'fraud' pipeline only so far"),
-        ("purchases", "serves the packaged 'fraud' pipeline only so far"),
-        ("nosuch", "unknown pipeline 'nosuch'"),
+        ({"STREAMSCORE_PIPELINE": REF}, "pipeline 'visits' names no default model"),
+        (
+            {"STREAMSCORE_PIPELINE": "purchases", "STREAMSCORE_MODEL": "fraud-mlp:1"},
+            "model fraud-mlp:1 cannot serve pipeline 'purchases'",
+        ),
+        (
+            {"STREAMSCORE_PIPELINE": "purchases", "STREAMSCORE_MODEL": "purchases-rfm:1",
+             "STREAMSCORE_ROUTING_RULES": '[{"model": "purchases-gru:1", "min_amount": 100}]'},
+            "STREAMSCORE_ROUTING_RULES: pipeline 'purchases' routes by its own fields",
+        ),
+        ({"STREAMSCORE_PIPELINE": "nosuch"}, "unknown pipeline 'nosuch'"),
     ],
-)
+)  # fmt: skip
 def test_a_worker_refuses_a_pipeline_it_cannot_serve_before_starting(
-    value: str, message: str, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STREAMSCORE_PIPELINE", value)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     code, _, err = run("worker")
     assert code == 2
     assert message in err
+
+
+def test_the_worker_takes_the_pipeline_as_an_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMSCORE_PIPELINE", raising=False)
+    code, _, err = run("worker", "--pipeline", "nosuch")
+    assert code == 2
+    assert "unknown pipeline 'nosuch'" in err

@@ -40,10 +40,16 @@ def events(n: int, **fields: object) -> list[dict[str, object]]:
     return [{**base, **fields, "entity_id": f"acct-{i}"} for i in range(n)]  # type: ignore[misc]
 
 
+async def route(dep, raw, times, evs):  # type: ignore[no-untyped-def]
+    """The router as the agent calls it: entities for the canary, events for the rules."""
+    entities = None if evs is None else [e["entity_id"] for e in evs]
+    return await route_batch(dep, raw, times, entities, evs)
+
+
 async def test_without_sides_the_ladder_scores_everything() -> None:
     primary = FakeModel("primary")
     dep = Deployment(plan=None, ladder=ladder_of(primary))
-    outcome = await route_batch(dep, raw_of([100.0, 200.0]), now_times(2), None)
+    outcome = await route(dep, raw_of([100.0, 200.0]), now_times(2), None)
     assert outcome.route.tolist() == [Route.PRIMARY, Route.PRIMARY]
     assert outcome.models[Route.PRIMARY].model is primary  # type: ignore[union-attr]
 
@@ -57,7 +63,7 @@ async def test_canary_takes_its_entities_and_the_primary_the_rest() -> None:
     )  # fmt: skip
     n = 400
     evs = events(n)
-    outcome = await route_batch(dep, raw_of([100.0] * n), now_times(n), evs)  # type: ignore[arg-type]
+    outcome = await route(dep, raw_of([100.0] * n), now_times(n), evs)  # type: ignore[arg-type]
     expected = members([e["entity_id"] for e in evs], 30.0)  # type: ignore[misc]
     assert np.array_equal(outcome.route == Route.CANARY, expected)
     assert np.array_equal(outcome.route == Route.PRIMARY, ~expected)
@@ -78,7 +84,7 @@ async def test_what_the_canary_cannot_score_goes_to_the_primary_and_is_counted()
         monitor=monitor,
     )  # fmt: skip
     n = 20
-    outcome = await route_batch(dep, raw_of([100.0] * n), now_times(n), events(n))  # type: ignore[arg-type]
+    outcome = await route(dep, raw_of([100.0] * n), now_times(n), events(n))  # type: ignore[arg-type]
     assert outcome.route.tolist() == [Route.PRIMARY] * n  # no dead letter, no degraded score
     assert not outcome.failures
     # The primary saw no traffic of its own: nothing to compare with yet.
@@ -88,7 +94,7 @@ async def test_what_the_canary_cannot_score_goes_to_the_primary_and_is_counted()
         monitor=monitor,
     )  # fmt: skip
     n = 200
-    await route_batch(dep2, raw_of([100.0] * n), now_times(n), events(n))  # type: ignore[arg-type]
+    await route(dep2, raw_of([100.0] * n), now_times(n), events(n))  # type: ignore[arg-type]
     breach = monitor.breach()
     assert breach is not None
     assert breach.reason == "error_rate"
@@ -99,7 +105,7 @@ async def test_a_poison_event_for_the_canary_is_scored_by_the_primary() -> None:
     dep = Deployment(
         plan=None, ladder=ladder_of(primary), canary=inference(canary), canary_percent=100.0
     )
-    outcome = await route_batch(
+    outcome = await route(
         dep,
         raw_of([100.0, POISON, 300.0]),
         now_times(3),
@@ -118,7 +124,7 @@ async def test_rules_route_matching_events_first() -> None:
     evs[1].update(amount=5000.0, channel="pos")
     evs[2].update(amount=5000.0, channel="web")  # wrong channel
     evs[3].update(amount=999.0, channel="pos")  # below the amount
-    outcome = await route_batch(dep, raw_of([100.0] * 4), now_times(4), evs)  # type: ignore[arg-type]
+    outcome = await route(dep, raw_of([100.0] * 4), now_times(4), evs)  # type: ignore[arg-type]
     assert outcome.route.tolist() == [Route.PRIMARY, Route.RULES, Route.PRIMARY, Route.PRIMARY]
     assert np.isclose(outcome.scores[1], 0.3)
     assert outcome.models[Route.RULES].model is deep  # type: ignore[union-attr]
@@ -129,9 +135,7 @@ async def test_scores_in_the_band_are_escalated_as_one_batch() -> None:
     dep = Deployment(
         plan=None, ladder=ladder_of(primary), escalation=inference(deep), band=(0.3, 0.7)
     )
-    outcome = await route_batch(
-        dep, raw_of([100.0, 300.0, 500.0, 700.0, 900.0]), now_times(5), None
-    )
+    outcome = await route(dep, raw_of([100.0, 300.0, 500.0, 700.0, 900.0]), now_times(5), None)
     assert outcome.route.tolist() == [
         Route.PRIMARY, Route.ESCALATED, Route.ESCALATED, Route.ESCALATED, Route.PRIMARY,
     ]  # fmt: skip
@@ -146,7 +150,7 @@ async def test_a_failing_escalation_keeps_the_first_scores() -> None:
     dep = Deployment(
         plan=None, ladder=ladder_of(primary), escalation=inference(deep), band=(0.3, 0.7)
     )
-    outcome = await route_batch(dep, raw_of([100.0, 500.0]), now_times(2), None)
+    outcome = await route(dep, raw_of([100.0, 500.0]), now_times(2), None)
     assert outcome.route.tolist() == [Route.PRIMARY, Route.PRIMARY]
     assert np.allclose(outcome.scores, [0.1, 0.5])
     assert outcome.escalation_failures == 1
