@@ -82,7 +82,7 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
             b'{"user": "u1", "visit_id": "x1", "ts": 1.0, "seconds": "7", "pages": 1, '
             b'"device": "web"}',
             b"validate",
-        ),  # fmt: skip
+        ),
         (b"u2", orjson.dumps({**good[0], "user": "u2", "pages": 0}), b"validate"),
         (b"someone-else", orjson.dumps({**good[1], "visit_id": "x2"}), b"validate"),
         (None, orjson.dumps({**good[2], "visit_id": "x3"}), b"validate"),
