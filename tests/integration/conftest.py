@@ -137,15 +137,15 @@ class Deployment:
             self.bootstrap, self.topics["scores"], self.topics["dlq"], PARTITIONS, isolation
         )
 
-    def history(self) -> dict[str, Aggregate]:
-        """The latest online history per entity, read back from the table's changelog."""
+    def changelog(self, table: str = "history") -> dict[str, bytes]:
+        """The latest value per key of a table, read back from its changelog."""
         consumer = Consumer(
             {"bootstrap.servers": self.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
              "enable.partition.eof": True}
         )  # fmt: skip
-        topic = f"{self.app_id}-history-changelog"
+        topic = f"{self.app_id}-{table}-changelog"
         consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-        state: dict[str, Aggregate] = {}
+        latest: dict[str, bytes] = {}
         at_end: set[int] = set()
         deadline = time.monotonic() + 30
         while len(at_end) < PARTITIONS and time.monotonic() < deadline:
@@ -155,9 +155,13 @@ class Deployment:
                     if error.code() == KafkaError._PARTITION_EOF:
                         at_end.add(message.partition())
                     continue
-                state[message.key().decode()] = Aggregate.unpack(message.value())
+                latest[message.key().decode()] = message.value()
         consumer.close()
-        return state
+        return latest
+
+    def history(self) -> dict[str, Aggregate]:
+        """The latest online history per entity, read back from the table's changelog."""
+        return {entity: Aggregate.unpack(value) for entity, value in self.changelog().items()}
 
     def stop_all(self) -> None:
         for process in self.workers:

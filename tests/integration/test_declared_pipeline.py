@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import orjson
 import pytest
 import torch
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from models.programs import save_program
 from schemas import deadletter
 from streams.cli import main
-from tests.integration.conftest import PARTITIONS, Deployment, Published
+from tests.integration.conftest import Deployment, Published
 from tests.pipelines.visits import WINDOW, VisitNet, pipeline
 
 REF = "tests.pipelines.visits:pipeline"
@@ -131,24 +129,7 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
 
 def state_counts(deployment: Deployment) -> dict[str, int]:
     """Events counted in each user's state, read back from the state changelog."""
-    consumer = Consumer(
-        {"bootstrap.servers": deployment.bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
-         "enable.partition.eof": True}
-    )  # fmt: skip
-    topic = f"{deployment.app_id}-history-changelog"
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    latest: dict[str, bytes] = {}
-    at_end: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(at_end) < PARTITIONS and time.monotonic() < deadline:
-        for message in consumer.consume(1000, 0.5):
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition())
-                continue
-            latest[message.key().decode()] = message.value()
-    consumer.close()
+    latest = deployment.changelog()
     records, undecodable = pipeline.layout.decode(list(latest.values()))
     assert not undecodable.any()
     return dict(zip(latest, records["seen"].tolist(), strict=True))
