@@ -12,12 +12,27 @@ optional field does not make older workers drop the whole plan.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+import operator
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import numpy as np
+import numpy.typing as npt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
-__all__ = ["PLAN_KEY", "Canary", "ModelRef", "PlanError", "RolloutPlan", "RoutingRule"]
+__all__ = [
+    "PLAN_KEY", "Canary", "Condition", "ModelRef", "PlanError", "RolloutPlan", "RoutingRule"
+]  # fmt: skip
 
 #: Record key of the plan on the control topic (compacted: the last value wins).
 PLAN_KEY = b"plan"
@@ -73,32 +88,93 @@ class RolloutPlan(BaseModel):
             raise PlanError(f"not a rollout plan: {_describe(exc)}") from exc
 
 
-class RoutingRule(BaseModel):
-    """Events matching every condition given go to ``model`` (``STREAMSCORE_ROUTING_RULES``).
+#: A value a condition compares a field with (JSON scalars; a bool is not a number here).
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 
-    An operator's setting, not a wire record: unknown fields are refused, so a
-    misspelt condition fails at start instead of matching everything.
+
+class Condition(BaseModel):
+    """What one field of an event must be: equal to ``eq``, one of ``in``, within bounds.
+
+    In a rule, a bare value is ``{"eq": value}`` and a list is ``{"in": list}``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    eq: Scalar | None = None
+    in_: frozenset[Scalar] | None = Field(None, alias="in")
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple | set | frozenset):
+            return {"in": value}
+        if value is None or isinstance(value, bool | int | float | str):
+            return {"eq": value}
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Condition:
+        if self.eq is None and self.in_ is None and not self.bounds:
+            raise ValueError("a condition needs eq, in, gte, gt, lte or lt")
+        if self.eq is not None and self.in_ is not None:
+            raise ValueError("give eq or in, not both")
+        if self.in_ is not None and not self.in_:
+            raise ValueError("in: an empty list matches nothing")
+        return self
+
+    @property
+    def bounds(self) -> list[tuple[str, float]]:
+        """The bounds given, as ``(operator, value)`` pairs."""
+        return [
+            (op, v) for op in ("gte", "gt", "lte", "lt") if (v := getattr(self, op)) is not None
+        ]
+
+    @property
+    def allowed(self) -> frozenset[Any] | None:
+        """The values the field may take (None: any)."""
+        return frozenset((self.eq,)) if self.eq is not None else self.in_
+
+
+class RoutingRule(BaseModel):
+    """Events meeting every condition of ``where`` go to ``model`` (``STREAMSCORE_ROUTING_RULES``).
+
+    Conditions name fields of the served pipeline's event, and are checked
+    against it when a worker starts. An operator's setting, not a wire record:
+    unknown keys are refused, so a misspelt condition fails at start instead of
+    matching everything.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: ModelRef
-    channels: frozenset[Literal["web", "pos", "app"]] | None = None
-    countries: frozenset[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] | None = None
-    currencies: frozenset[Annotated[str, Field(pattern=r"^[A-Z]{3}$")]] | None = None
-    min_amount: Annotated[float, Field(ge=0.0)] | None = None
-    max_amount: Annotated[float, Field(ge=0.0)] | None = None
+    where: Annotated[dict[str, Condition], Field(min_length=1)]
 
-    def matches(self, event: Mapping[str, Any]) -> bool:
-        """Whether a validated event meets every condition of the rule."""
-        amount = event["amount"]
-        return (
-            (self.channels is None or event["channel"] in self.channels)
-            and (self.countries is None or event["country"] in self.countries)
-            and (self.currencies is None or event["currency"] in self.currencies)
-            and (self.min_amount is None or amount >= self.min_amount)
-            and (self.max_amount is None or amount < self.max_amount)
-        )
+    def mask(self, column: Callable[[str], Sequence[Any]], n: int) -> npt.NDArray[np.bool_]:
+        """Which of ``n`` events match: ``column(field)`` gives one field of all of them.
+
+        Evaluated on whole columns: one pass per condition, not one call per event.
+        """
+        keep = np.ones(n, dtype=np.bool_)
+        for field, condition in self.where.items():
+            values = column(field)
+            allowed = condition.allowed
+            if allowed is not None:
+                keep &= np.fromiter((v in allowed for v in values), np.bool_, n)
+            if condition.bounds:
+                numbers = np.array(values, dtype=np.float64)  # None (absent): NaN, never matches
+                with np.errstate(invalid="ignore"):
+                    for op, bound in condition.bounds:
+                        keep &= _COMPARE[op](numbers, bound)
+        return keep
+
+
+_COMPARE: dict[str, Callable[[Any, float], Any]] = {
+    "gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt
+}  # fmt: skip
 
 
 def _describe(exc: ValidationError) -> str:

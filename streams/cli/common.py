@@ -23,25 +23,25 @@ def settings_or_exit(**overrides: Any) -> Settings:
 
 def served_pipeline_or_exit(settings: Settings) -> None:
     """Exit 2 unless the configured pipeline can be served: it loads, and so does its
-    primary model, for it (made for it, taking exactly the inputs its features produce).
+    primary model, for it (made for it, taking exactly the inputs its features produce), and
+    its routing rules name fields its event has.
 
     Checked before a worker joins a group, so a mistake is a message, not a crash loop.
     """
-    if settings.pipeline == "fraud":
-        return
     from models.errors import ModelError
     from models.registry import resolve
     from streams.runtime import program_loader, served_model, served_pipeline
+    from streams.scoring.rules import check_rules
 
     try:
         declared = served_pipeline(settings)
-        assert declared is not None
+        if declared is None:  # the built-in fraud pipeline
+            from schemas.events import Event
+
+            check_rules(settings.routing_rules, Event, settings.pipeline)
+            return
         ref = served_model(settings, declared)
-        if settings.routing_rules:
-            raise ConfigError(
-                f"STREAMSCORE_ROUTING_RULES: pipeline {declared.name!r} routes by its own fields, "
-                "which rules cannot name yet; leave the rules empty"
-            )
+        check_rules(settings.routing_rules, declared.event, declared.name)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     import torch

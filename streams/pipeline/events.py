@@ -31,7 +31,7 @@ from pydantic_core import PydanticUndefined
 
 from streams.pipeline.errors import PipelineError
 
-__all__ = ["MAX_RECORD_BYTES", "Column", "EventSchema", "Invalid"]
+__all__ = ["MAX_RECORD_BYTES", "Column", "EventSchema", "Invalid", "field_kind"]
 
 #: A record (key + value) larger than this is malformed, for every pipeline.
 MAX_RECORD_BYTES = 64 * 1024
@@ -52,7 +52,7 @@ class Invalid:
     message: str
 
 
-def _kind(annotation: Any) -> tuple[str, bool] | None:
+def field_kind(annotation: Any) -> tuple[str, bool] | None:
     """``("number"|"string", optional)`` for a supported field type, None otherwise."""
     optional = False
     origin = typing.get_origin(annotation)
@@ -105,7 +105,7 @@ def fast_decoder(event: type[BaseModel]) -> msgspec.json.Decoder[Any] | None:
     for name, info in event.model_fields.items():
         if info.alias not in (None, name) or info.validation_alias not in (None, name):
             return None
-        if _kind(info.annotation) is None:
+        if field_kind(info.annotation) is None:
             return None
         bounds: dict[str, Any] = {}
         for item in info.metadata:
@@ -144,7 +144,7 @@ class EventSchema:
         self.fast = fast_decoder(event)
         self.kinds: dict[str, str] = {}
         for name, info in event.model_fields.items():
-            kind = _kind(info.annotation)
+            kind = field_kind(info.annotation)
             if kind is None:
                 raise PipelineError(
                     f"event field {name!r}: type {info.annotation} is not supported; an "
@@ -156,12 +156,12 @@ class EventSchema:
                 raise PipelineError(f"{role} {name!r} is not a field of {event.__name__}")
             if self.kinds[name] != "string":
                 raise PipelineError(f"{role} {name!r} must be a string field")
-            if _kind(event.model_fields[name].annotation) != ("string", False):
+            if field_kind(event.model_fields[name].annotation) != ("string", False):
                 raise PipelineError(f"{role} {name!r} cannot be optional")
         if time is not None:
             if time not in self.kinds:
                 raise PipelineError(f"time {time!r} is not a field of {event.__name__}")
-            if _kind(event.model_fields[time].annotation) != ("number", False):
+            if field_kind(event.model_fields[time].annotation) != ("number", False):
                 raise PipelineError(f"time {time!r} must be a required number (epoch seconds)")
         self.key, self.event_id, self.time = key, event_id, time
         self.name = event.__name__

@@ -38,6 +38,7 @@ from schemas.rollout import RolloutPlan, RoutingRule
 from streams.scoring.cohorts import members
 from streams.scoring.inference import Inference
 from streams.scoring.ladder import Ladder, Outcome, Route, model_key
+from streams.scoring.rules import first_match
 
 __all__ = ["Deployment", "route_batch"]
 
@@ -120,11 +121,8 @@ def _assign(
     """Rows of the batch that side models take, by route code (empty: all to the primary)."""
     code = np.full(n, Route.PRIMARY, dtype=np.int16)
     if deployment.rules and events is not None:
-        for row, event in enumerate(events):
-            for k, (rule, _) in enumerate(deployment.rules):
-                if rule.matches(event):
-                    code[row] = Route.RULES + k
-                    break
+        found = first_match([rule for rule, _ in deployment.rules], events)
+        code[found >= 0] = Route.RULES + found[found >= 0]
     if deployment.canary is not None and entities is not None:
         open_rows = np.flatnonzero(code == Route.PRIMARY)
         if len(open_rows):

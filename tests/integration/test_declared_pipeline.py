@@ -24,12 +24,12 @@ from tests.pipelines.visits import WINDOW, VisitNet, pipeline
 REF = "tests.pipelines.visits:pipeline"
 
 
-def export(directory: Path) -> Path:
-    """The visits model as a torch.export program, as a user would export theirs."""
-    torch.manual_seed(3)
+def export(directory: Path, name: str = "visit-net", seed: int = 3) -> Path:
+    """A visits model as a torch.export program, as a user would export theirs."""
+    torch.manual_seed(seed)
     net = VisitNet(hidden=6).eval()
     save_program(
-        directory, name="visit-net", version="1", pipeline="visits",
+        directory, name=name, version="1", pipeline="visits",
         inputs=pipeline.describe_inputs(), model=net,
         example=(torch.zeros(2, 6), torch.zeros(2, WINDOW, 2)),
     )  # fmt: skip
@@ -86,7 +86,16 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
         (None, orjson.dumps({**good[2], "visit_id": "x3"}), b"validate"),
         (b"u3", None, b"decode"),
     ]
-    serve(deployment, model)
+    # Visits from the app with many pages go to a second model, by a rule on the
+    # pipeline's own fields; the model is added to the registry as an operator adds one.
+    wide = export(tmp_path / "visit-wide", "visit-wide", seed=4)
+    added = CliRunner().invoke(
+        main, ["models", "add", "--pipeline", REF, str(wide)],
+        env={"STREAMSCORE_MODEL_REGISTRY": str(deployment.registry)},
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    rule = {"model": "visit-wide:1", "where": {"device": "app", "pages": {"gte": 5}}}
+    serve(deployment, model, STREAMSCORE_ROUTING_RULES=orjson.dumps([rule]).decode())
     records = [record(v) for v in good]
     for position, (key, value, _) in zip((10, 200, 400, 600, 800, 1000), bad, strict=True):
         records.insert(position, Published(key, value, None))
@@ -110,21 +119,27 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
     # The worker's scores are pipeline check's for the same events: same validation,
     # same state walk, same features, same model, whatever the batches were.
     lines = b"\n".join(orjson.dumps(v) for v in good) + b"\n"
-    checked = CliRunner().invoke(
-        main, ["pipeline", "check", "--pipeline", REF, "--model", str(model), "-"], input=lines
-    )
-    assert checked.exit_code == 0, checked.output
-    expected = {s["event_id"]: s for s in map(orjson.loads, checked.stdout.splitlines())}
+    expected = {}
+    for served in (model, wide):
+        checked = CliRunner().invoke(
+            main, ["pipeline", "check", "--pipeline", REF, "--model", str(served), "-"], input=lines
+        )
+        assert checked.exit_code == 0, checked.output
+        expected[served.name] = {
+            s["event_id"]: s for s in map(orjson.loads, checked.stdout.splitlines())
+        }
     by_id = {v["visit_id"]: v for v in good}
+    routed = Counter()
     for message, score in out.scores:
         visit = by_id[score["event_id"]]
         assert message.key() == str(visit["user"]).encode()
         assert (score["entity_id"], score["event_ts"]) == (visit["user"], visit["ts"])
-        assert (score["model"], score["model_version"], score["route"]) == (
-            "visit-net", "1", "primary",
-        )  # fmt: skip
+        name = "visit-wide" if visit["device"] == "app" and visit["pages"] >= 5 else "visit-net"  # type: ignore[operator]
+        routed[name] += 1
+        assert (score["model"], score["model_version"], score["route"]) == (name, "1", "primary")
         assert score["degraded"] is False
-        assert score["score"] == pytest.approx(expected[score["event_id"]]["score"], abs=1e-6)
+        assert score["score"] == pytest.approx(expected[name][score["event_id"]]["score"], abs=1e-6)
+    assert min(routed.values()) > 100, routed  # both models scored a share
 
 
 def state_counts(deployment: Deployment) -> dict[str, int]:

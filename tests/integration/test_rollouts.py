@@ -323,7 +323,7 @@ def test_a_bad_canary_is_rolled_back_automatically_and_nothing_is_lost(
 
 def test_rules_and_escalation_route_events_and_say_so(deployment: Deployment) -> None:
     worker = deployment.worker(
-        STREAMSCORE_ROUTING_RULES='[{"model": "fraud-lr:1", "channels": ["pos"]}]',
+        STREAMSCORE_ROUTING_RULES='[{"model": "fraud-lr:1", "where": {"channel": "pos"}}]',
         STREAMSCORE_ESCALATION_MODEL="fraud-deep:1",
         STREAMSCORE_ESCALATION_BAND_LOW="0.02",
         STREAMSCORE_ESCALATION_BAND_HIGH="0.6",

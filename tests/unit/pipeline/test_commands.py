@@ -221,6 +221,11 @@ def test_the_configured_pipeline_is_used_without_the_option(
     assert np.load(out)["line"].tolist() == [1, 2, 4, 6]
 
 
+def rules(model: str, **where: object) -> str:
+    """``STREAMSCORE_ROUTING_RULES`` with one rule."""
+    return json.dumps([{"model": model, "where": where}])
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -231,8 +236,16 @@ def test_the_configured_pipeline_is_used_without_the_option(
         ),
         (
             {"STREAMSCORE_PIPELINE": "purchases", "STREAMSCORE_MODEL": "purchases-rfm:1",
-             "STREAMSCORE_ROUTING_RULES": '[{"model": "purchases-gru:1", "min_amount": 100}]'},
-            "STREAMSCORE_ROUTING_RULES: pipeline 'purchases' routes by its own fields",
+             "STREAMSCORE_ROUTING_RULES": rules("purchases-gru:1", amount={"gte": 100})},
+            "STREAMSCORE_ROUTING_RULES[0]: 'amount' is not a field of pipeline 'purchases'",
+        ),
+        (
+            {"STREAMSCORE_ROUTING_RULES": rules("fraud-mlp:1", channel="kiosk")},
+            "STREAMSCORE_ROUTING_RULES[0]: 'channel' can never be 'kiosk'",
+        ),
+        (
+            {"STREAMSCORE_ROUTING_RULES": rules("fraud-mlp:1", merchant={"gt": 1})},
+            "STREAMSCORE_ROUTING_RULES[0]: 'merchant' is not a number; it cannot have bounds",
         ),
         ({"STREAMSCORE_PIPELINE": "nosuch"}, "unknown pipeline 'nosuch'"),
     ],

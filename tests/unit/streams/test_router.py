@@ -118,7 +118,9 @@ async def test_a_poison_event_for_the_canary_is_scored_by_the_primary() -> None:
 
 async def test_rules_route_matching_events_first() -> None:
     primary, deep = FakeModel("primary"), Scaled("deep", 3.0)
-    rule = RoutingRule(model="deep", min_amount=1000.0, channels=frozenset({"pos"}))
+    rule = RoutingRule.model_validate(
+        {"model": "deep", "where": {"amount": {"gte": 1000}, "channel": ["pos"]}}
+    )
     dep = Deployment(plan=None, ladder=ladder_of(primary), rules=((rule, inference(deep)),))
     evs = events(4)
     evs[1].update(amount=5000.0, channel="pos")
