@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,32 +191,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 class PacedPublisher:
-    """Publishes ``records`` about 2,000 a second from a thread until stopped (or all sent).
+    """Publishes about 2,000 records a second from a thread until stopped.
 
-    For tests where the stream must keep flowing through what they do to the workers.
+    For tests where the stream must keep flowing through what they do to the
+    workers: whenever it has sent every record it has, it asks ``more`` for the
+    next ones, so the stream never runs dry while a test waits for a worker to
+    score again, however slowly the machine runs.
     """
 
-    def __init__(self, deployment: Deployment, records: Sequence[Published]) -> None:
-        self.published = 0  # how many have been published so far
-        self._records = records
+    def __init__(self, deployment: Deployment, more: Callable[[], Sequence[Published]]) -> None:
+        self._sent: list[Published] = []
+        self._more = more
         self._deployment = deployment
         self._enough = threading.Event()
         self._thread = threading.Thread(target=self._run)
         self._thread.start()
 
+    @property
+    def published(self) -> int:
+        """How many have been published so far."""
+        return len(self._sent)
+
     def _run(self) -> None:
         producer = self._deployment.producer()
-        for start in range(0, len(self._records), 100):
-            self._deployment.publish("events", self._records[start : start + 100], producer)
-            self.published = min(start + 100, len(self._records))
-            if self._enough.wait(0.05):
-                return
+        while True:
+            records = self._more()
+            for start in range(0, len(records), 100):
+                chunk = records[start : start + 100]
+                self._deployment.publish("events", chunk, producer)
+                self._sent.extend(chunk)
+                if self._enough.wait(0.05):
+                    return
 
     def stop(self) -> list[Published]:
         """Stop publishing; the records published."""
         self._enough.set()
         self._thread.join()
-        return list(self._records[: self.published])
+        return list(self._sent)
 
 
 def event_record(

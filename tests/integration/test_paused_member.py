@@ -47,8 +47,9 @@ def test_a_member_woken_after_a_long_pause_rejoins_without_dying(deployment: Dep
     first.wait_ready()
     second.wait_ready()
     world = SyntheticWorld(seed=83, n_entities=200)
-    records = [event_record(item.event) for item in world.events(40_000)]
-    publisher = PacedPublisher(deployment, records)
+    publisher = PacedPublisher(
+        deployment, lambda: [event_record(item.event) for item in world.events(5_000)]
+    )
     reader = deployment.reader()
     try:
         reader.until(lambda o: len(o.scores) >= 1000, 60)

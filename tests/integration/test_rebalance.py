@@ -19,10 +19,11 @@ def test_partitions_move_to_a_new_member_and_back_without_loss_or_disorder(
     deployment: Deployment,
 ) -> None:
     world = SyntheticWorld(seed=61, n_entities=300)
-    records = [event_record(item.event) for item in world.events(60_000)]
     first = deployment.worker("w1")
     first.wait_ready()
-    publisher = PacedPublisher(deployment, records)  # flows through both handovers
+    publisher = PacedPublisher(  # flows through both handovers
+        deployment, lambda: [event_record(item.event) for item in world.events(5_000)]
+    )
     reader = deployment.reader()
     reader.until(lambda o: len(o.scores) >= 2000, 60)
 
