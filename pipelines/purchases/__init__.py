@@ -45,6 +45,13 @@ def train(output: Path, seed: int) -> dict[str, float]:
     return run(output, seed=seed)
 
 
+def sample() -> list[bytes]:
+    """``streamscore demo --pipeline purchases``: the whole CDNOW log, by date."""
+    from pipelines.purchases.data import events_jsonl, fetch, read_log
+
+    return events_jsonl(read_log(fetch()))
+
+
 pipeline = Pipeline(
     name="purchases",
     description="P(the customer buys again within 90 days), at each purchase (CDNOW)",
@@ -71,6 +78,7 @@ pipeline = Pipeline(
     model="purchases-gru:1",
     architectures={"PurchasesNet": PurchasesNet, "RFMLogistic": RFMLogistic},
     trainer=train,
+    sample=sample,
 )
 
 __all__ = ["Purchase", "pipeline"]

@@ -1,10 +1,12 @@
-"""``streamscore demo``: broker + worker + synthetic traffic, then a summary.
+"""``streamscore demo``: broker + worker + traffic, then a summary.
 
-Starts the embedded broker and a real worker process, publishes profiles and
-then events at the requested rate (with a few malformed ones mixed in),
-reads every score and dead letter back, and checks the outcome: every valid
-event scored, every malformed one dead-lettered, per-key order kept. Exit 0
-only if so.
+Starts the embedded broker and a real worker process of the pipeline, publishes
+its events at the requested rate with a few malformed records mixed in, reads
+every score and dead letter back, and checks the outcome: every valid event
+scored, every malformed one dead-lettered, per-key order kept. Exit 0 only if
+so. ``fraud`` gets synthetic traffic (profiles, then events); a declared
+pipeline replays a file of its events, or its ``sample`` (``purchases``: the
+real CDNOW log), with the events' own times scaled to the replay rate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -34,22 +37,66 @@ from streams.harness import (
     metric_value,
 )
 from streams.kafka.embedded import EmbeddedBroker
+from streams.pipeline import Pipeline
+from streams.pipeline.events import Invalid
 from streams.settings import Settings
 
 MALFORMED_SHARE = 0.005
+DAY = 86_400.0
+
+
+@dataclass
+class Plan:
+    """What the demo publishes: (event id or None for a malformed record, key, value,
+    seconds after the start), and the line that says where it came from."""
+
+    records: list[tuple[str | None, bytes | None, bytes]]
+    at: list[float]
+    ids: set[str]
+    source: str
+
+    @property
+    def n_bad(self) -> int:
+        return len(self.records) - len(self.ids)
 
 
 @click.command()
-@click.option("--events", "n_events", default=20_000, show_default=True, help="Events to publish.")
+@click.option(
+    "--pipeline", "pipeline_ref", default=None, metavar="P",
+    help="A packaged pipeline or MODULE:ATTRIBUTE (default: STREAMSCORE_PIPELINE).",
+)  # fmt: skip
+@click.option(
+    "--input", "input_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON lines of a declared pipeline's events to replay (default: its sample).",
+)  # fmt: skip
+@click.option(
+    "--events", "n_events", default=None, type=int,
+    help="Events to publish [fraud: 20,000; a declared pipeline: all it has].",
+)  # fmt: skip
 @click.option("--rate", default=4_000.0, show_default=True, help="Events per second (0: unpaced).")
-@click.option("--entities", default=1_000, show_default=True, help="Distinct entity ids (keys).")
-@click.option("--seed", default=11, show_default=True, help="Seed of the synthetic traffic.")
+@click.option("--entities", default=1_000, show_default=True, help="fraud: distinct entity ids.")
+@click.option("--seed", default=11, show_default=True, help="Seed of the traffic.")
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for scores.")
-def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -> None:
-    """Score synthetic traffic end to end on an embedded broker and print a summary."""
-    if n_events < 1 or rate < 0 or entities < 1:
+def demo(
+    pipeline_ref: str | None,
+    input_path: Path | None,
+    n_events: int | None,
+    rate: float,
+    entities: int,
+    seed: int,
+    timeout: float,
+) -> None:
+    """Score a pipeline's traffic end to end on an embedded broker and print a summary."""
+    if (n_events is not None and n_events < 1) or rate < 0 or entities < 1:
         fail("--events and --entities must be positive, --rate not negative", 2)
-    served_pipeline_or_exit(settings_or_exit())  # a bad value stops here, before anything starts
+    overrides = {"pipeline": pipeline_ref} if pipeline_ref else {}
+    configured = settings_or_exit(**overrides)
+    served_pipeline_or_exit(configured)  # a bad value stops here, before anything starts
+    declared = _declared(configured)
+    if declared is None and input_path is not None:
+        fail("--input replays a declared pipeline's events; fraud's traffic is synthetic", 2)
+    if declared is not None:
+        plan = _replay_plan(declared, input_path, n_events, rate, seed)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="streamscore-demo-") as tmp:
         workdir = Path(tmp)
@@ -57,18 +104,21 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
         worker: WorkerProcess | None = None
         try:
             bootstrap = broker.start()
-            settings = settings_or_exit(broker=f"kafka://{bootstrap}")
+            settings = settings_or_exit(broker=f"kafka://{bootstrap}", **overrides)
             env = {
                 "STREAMSCORE_BROKER": f"kafka://{bootstrap}",
                 "STREAMSCORE_DATA_DIR": str(workdir / "data"),
                 "STREAMSCORE_LOG_LEVEL": "warning",
+                "STREAMSCORE_PIPELINE": settings.pipeline,
             }
             console.print(f"broker at [bold]{bootstrap}[/]; starting a worker…")
             started = time.monotonic()
             worker = WorkerProcess(env, workdir / "worker.log").start()
             worker.wait_ready()
             console.print(f"worker ready in {time.monotonic() - started:.1f}s ({worker.url})")
-            ok = _run(console, settings, worker, n_events, rate, entities, seed, timeout)
+            if declared is None:
+                plan = _fraud_plan(settings, n_events or 20_000, rate, entities, seed)
+            ok = _run(console, settings, worker, plan, rate, timeout)
         except StreamscoreError as exc:
             if worker is not None and worker.log_path.exists():
                 console.print(worker.log_path.read_text()[-4000:])
@@ -81,56 +131,143 @@ def demo(n_events: int, rate: float, entities: int, seed: int, timeout: float) -
         raise SystemExit(1)
 
 
-def _run(
-    console: Console,
-    settings: Settings,
-    worker: WorkerProcess,
-    n_events: int,
-    rate: float,
-    n_entities: int,
-    seed: int,
-    timeout: float,
-) -> bool:
-    world = SyntheticWorld(seed=seed, n_entities=n_entities)
+def _declared(settings: Settings) -> Pipeline | None:
+    from streams.runtime import served_pipeline
+
+    return served_pipeline(settings)
+
+
+def _producer(settings: Settings) -> Producer:
+    """A producer partitioning as Kafka's Java clients do (profiles and events co-partitioned)."""
+    return Producer(
+        {"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 2,
+         "partitioner": "murmur2_random"}
+    )  # fmt: skip
+
+
+def _fraud_plan(settings: Settings, n_events: int, rate: float, entities: int, seed: int) -> Plan:
+    """Synthetic traffic: profiles published now, events (with malformed ones) planned."""
+    world = SyntheticWorld(seed=seed, n_entities=entities)
     labeled = world.events(n_events)
     bad = malformed_values(seed, max(1, int(n_events * MALFORMED_SHARE)))
-    bootstrap = settings.bootstrap_servers
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 2, "partitioner": "murmur2_random"}
-    )
+    producer = _producer(settings)
     for profile in world.profiles():
         producer.produce(settings.features_topic, key=str(profile["entity_id"]).encode(),
                          value=orjson.dumps(profile))  # fmt: skip
     producer.flush()
-
     # Interleave the malformed records evenly among the valid ones.
-    plan: list[tuple[str | None, bytes, bytes]] = []  # (event id, key, value)
+    records: list[tuple[str | None, bytes | None, bytes]] = []
     every = max(1, n_events // len(bad))
     bad_iter = iter(bad)
     for index, item in enumerate(labeled):
         event = item.event
         key = str(event["entity_id"]).encode()
-        plan.append((str(event["event_id"]), key, orjson.dumps(event)))
+        records.append((str(event["event_id"]), key, orjson.dumps(event)))
         if index % every == every - 1:
             value = next(bad_iter, None)
             if value is not None:
-                plan.append((None, key, value))
-    n_bad = len(plan) - n_events
+                records.append((None, key, value))
+    at = [index / rate if rate else 0.0 for index in range(len(records))]
+    ids = {str(item.event["event_id"]) for item in labeled}
+    return Plan(records, at, ids, f"synthetic traffic of {entities:,} entities (seed {seed})")
 
+
+def _replay_plan(
+    pipeline: Pipeline, path: Path | None, n_events: int | None, rate: float, seed: int
+) -> Plan:
+    """A declared pipeline's events from ``path`` (or its sample), each validated, with
+    malformed records of four kinds mixed in; their own times set the pace, scaled so
+    that the whole replay runs at ``rate`` events a second on average."""
+    if path is not None:
+        try:
+            values = [line for line in path.read_bytes().splitlines() if line.strip()]
+        except OSError as exc:
+            fail(f"--input {path}: {exc.strerror}", 2)
+        source = str(path)
+    elif pipeline.sample is not None:
+        try:
+            values = list(pipeline.sample())
+        except Exception as exc:  # the user's function: say which one failed, and why
+            fail(f"pipeline {pipeline.name!r}: its sample failed: {type(exc).__name__}: {exc}")
+        source = f"the sample of pipeline {pipeline.name!r}"
+    else:
+        fail(f"pipeline {pipeline.name!r} declares no sample events: give --input FILE", 2)
+    values = values[:n_events] if n_events is not None else values
+    if not values:
+        fail(f"{source} holds no events", 2)
+    schema = pipeline.schema
+    events = []
+    for line, value in enumerate(values, 1):
+        event = schema.validate(None, value)
+        if isinstance(event, Invalid):  # the file is wrong, not the worker
+            fail(f"{source}, event {line}: not an event of {pipeline.name!r}: {event.message}", 2)
+        events.append(event)
+    times = np.arange(len(events), dtype=np.float64)  # no event time: evenly paced
+    if schema.time is not None:
+        times = np.maximum.accumulate([float(getattr(e, schema.time)) for e in events])
+    span = float(times[-1] - times[0])
+    scale = (len(events) / rate / span) if rate and span > 0 else 0.0
+    rng = np.random.default_rng(seed)
+    every = max(1, round(1 / MALFORMED_SHARE))
+    records: list[tuple[str | None, bytes | None, bytes]] = []
+    at: list[float] = []
+    for index, (event, value) in enumerate(zip(events, values, strict=True)):
+        key = str(getattr(event, schema.key)).encode()
+        when = float(times[index] - times[0]) * scale
+        records.append((str(getattr(event, schema.event_id)), key, value))
+        at.append(when)
+        if index % every == every // 2 or (index == len(events) - 1 and len(records) == index + 1):
+            records.append((None, *_malformed(orjson.loads(value), schema.key, schema.event_id,
+                                              int(rng.integers(4)), index)))  # fmt: skip
+            at.append(when)
+    ids = {event_id for event_id, _, _ in records if event_id is not None}
+    if schema.time is not None and span > 0:
+        days = span / DAY
+        source += f": {days:,.0f} days of event time in {at[-1]:,.1f} s"
+    return Plan(records, at, ids, source)
+
+
+def _malformed(
+    event: dict[str, object], key: str, event_id: str, kind: int, serial: int
+) -> tuple[bytes | None, bytes]:
+    """A record that must become a dead letter, made from a valid event."""
+    entity = str(event[key]).encode()
+    if kind == 0:
+        return entity, b"{not json"
+    if kind == 1:
+        return entity, orjson.dumps([event])  # JSON, not an object
+    if kind == 2:
+        return entity, orjson.dumps({k: v for k, v in event.items() if k != event_id})
+    return b"someone-else", orjson.dumps({**event, event_id: f"demo-bad-{serial}"})
+
+
+def _run(
+    console: Console,
+    settings: Settings,
+    worker: WorkerProcess,
+    plan: Plan,
+    rate: float,
+    timeout: float,
+) -> bool:
+    console.print(f"replaying {plan.source}")
+    bootstrap = settings.bootstrap_servers
+    producer = _producer(settings)
     reader = OutputReader(bootstrap, settings.scores_topic, settings.dlq_topic, settings.partitions)
     sent_at: dict[str, int] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
+    n_events, n_bad = len(plan.ids), plan.n_bad
     started = time.monotonic()
     with Progress(*columns, console=console) as progress:
-        publish = progress.add_task("published", total=len(plan))
-        done = progress.add_task("scored + dead-lettered", total=len(plan))
-        for index, (event_id, key, value) in enumerate(plan):
-            if rate:
-                lag = started + index / rate - time.monotonic()
-                if lag > 0:
-                    time.sleep(lag)
-                    reader.poll(0)
+        publish = progress.add_task("published", total=len(plan.records))
+        done = progress.add_task("scored + dead-lettered", total=len(plan.records))
+        for index, ((event_id, key, value), at) in enumerate(
+            zip(plan.records, plan.at, strict=True)
+        ):
+            lag = started + at - time.monotonic()
+            if lag > 0:
+                time.sleep(lag)
+                reader.poll(0)
             now_ms = int(time.time() * 1000)
             producer.produce(settings.events_topic, key=key, value=value, timestamp=now_ms)
             if event_id is not None:
@@ -140,7 +277,7 @@ def _run(
                 progress.update(publish, completed=index)
                 progress.update(done, completed=len(reader.output.scores) + len(reader.output.dead))
         producer.flush()
-        progress.update(publish, completed=len(plan))
+        progress.update(publish, completed=len(plan.records))
         published = time.monotonic()
         deadline = published + timeout
         while time.monotonic() < deadline:
@@ -152,9 +289,8 @@ def _run(
     finished = time.monotonic()
     out = reader.output
     reader.close()
-    return _summary(console, worker, labeled_ids={str(x.event["event_id"]) for x in labeled},
-                    out=out, n_bad=n_bad, sent_at=sent_at, seconds=finished - started,
-                    rate=rate)  # fmt: skip
+    return _summary(console, worker, labeled_ids=plan.ids, out=out, n_bad=n_bad,
+                    sent_at=sent_at, seconds=finished - started, rate=rate)  # fmt: skip
 
 
 def _summary(
@@ -198,6 +334,9 @@ def _summary(
         for name in ("arrival", "processing")
     ]
 
+    values = np.asarray([value["score"] for _, value in out.scores], dtype=np.float64)
+    mean_score = float(values.mean()) if len(values) else float("nan")
+    high_share = float((values >= 0.5).mean()) if len(values) else 0.0
     offered = f"offered at {rate:,.0f}/s" if rate else "offered unpaced"
     table = Table(title="streamscore demo", show_header=False)
     rows = [
@@ -212,13 +351,15 @@ def _summary(
         ("  of which before the worker", _ms(*shares[0])),
         ("  of which in the worker", _ms(*shares[1])),
         ("mean batch size", f"{batch_mean:.1f} ({batches:.0f} batches)"),
+        ("scores: mean / share >= 0.5", f"{mean_score:.3f} / {high_share:.1%}"),
     ]  # fmt: skip
     for name, text in rows:
         table.add_row(name, text)
     console.print(table)
     ok = not missing and len(out.dead) == n_bad and disorder == 0
     console.print("[bold green]OK[/]: every valid event scored, every malformed one "
-                  "dead-lettered, in order per key" if ok else "[bold red]FAILED[/]")  # fmt: skip
+                  "dead-lettered, in order per key" if ok else "[bold red]FAILED[/]",
+                  soft_wrap=True)  # fmt: skip
     return ok
 
 

@@ -114,7 +114,9 @@ class Pipeline:
     function from a :class:`Batch` to the named model ``inputs``. ``model``:
     the default model reference; ``architectures``: the classes that
     safetensors artifacts of this pipeline may name; ``trainer``: what
-    ``streamscore train`` runs for it (output directory, seed -> metrics).
+    ``streamscore train`` runs for it (output directory, seed -> metrics);
+    ``sample``: the events ``streamscore demo`` replays when given no file (JSON
+    values, in the order to publish them).
     """
 
     name: str
@@ -131,6 +133,7 @@ class Pipeline:
     architectures: Mapping[str, type[object]] = field(default_factory=dict)
     description: str = ""
     trainer: Callable[[Path, int], Mapping[str, float]] | None = None
+    sample: Callable[[], Sequence[bytes]] | None = None
 
     def __post_init__(self) -> None:
         import re

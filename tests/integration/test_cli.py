@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -91,11 +92,11 @@ def test_train_is_deterministic_and_regenerates_the_packaged_model(tmp_path: Pat
     assert float(np.abs(ours - theirs).max()) < 0.01
 
 
-@pytest.mark.broker
-def test_demo_scores_every_event_and_says_where_the_latency_goes() -> None:
+def demo_rows(*args: str) -> tuple[str, dict[str, str]]:
+    """Run ``streamscore demo``; its output and the rows of its summary table."""
     result = subprocess.run(
-        [*COMMAND, "demo", "--events", "2000", "--rate", "1000", "--entities", "100"],
-        capture_output=True, text=True, timeout=240, check=False,
+        [*COMMAND, "demo", *args], capture_output=True, text=True, timeout=240, check=False,
+        env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK: every valid event scored" in result.stdout
@@ -104,6 +105,12 @@ def test_demo_scores_every_event_and_says_where_the_latency_goes() -> None:
         cells = [cell.strip() for cell in line.split("│")]
         if len(cells) == 4:
             rows[cells[1]] = cells[2]
+    return result.stdout, rows
+
+
+@pytest.mark.broker
+def test_demo_scores_every_event_and_says_where_the_latency_goes() -> None:
+    _, rows = demo_rows("--events", "2000", "--rate", "1000", "--entities", "100")
     assert rows["events published"] == "2010 (2000 valid, 10 malformed)"
     assert rows["scored"] == "2000 (duplicates: 0)"
     assert rows["dead letters"] == "10"
@@ -112,3 +119,41 @@ def test_demo_scores_every_event_and_says_where_the_latency_goes() -> None:
     for share in ("of which before the worker", "of which in the worker"):
         p50, p99 = (float(x.removesuffix(" ms")) for x in rows[share].split(" / "))
         assert 0 <= p50 <= p99 < 60_000, (share, rows[share])
+
+
+@pytest.mark.broker
+def test_the_purchases_demo_replays_the_real_log_at_a_scaled_rate() -> None:
+    stdout, rows = demo_rows("--pipeline", "purchases", "--events", "1500", "--rate", "1000")
+    # The first 1,500 purchases by date span 1997-01-01 to 01-07: 6 days of event time in
+    # 1.5 s at 1,000 a second on average.
+    assert "the sample of pipeline 'purchases': 6 days of event time in 1.5 s" in stdout
+    assert rows["events published"] == "1507 (1500 valid, 7 malformed)"
+    assert rows["scored"] == "1500 (duplicates: 0)"
+    assert rows["dead letters"] == "7"
+    assert rows["per-key order violations"] == "0"
+    mean, _ = rows["scores: mean / share >= 0.5"].split(" / ")
+    assert 0.0 < float(mean) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "events.jsonl"], "--input replays a declared pipeline's events"),
+        (["--pipeline", "purchases", "--input", "events.jsonl"],
+         "events.jsonl, event 2: not an event of 'purchases': dollars"),
+        (["--pipeline", "purchases", "--input", "missing.jsonl"], "--input missing.jsonl"),
+    ],
+)  # fmt: skip
+def test_the_demo_refuses_what_it_cannot_replay(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    good = {"customer": "c1", "purchase_id": "p1", "ts": 8.6e8, "cds": 1, "dollars": 9.5}
+    lines = [good, {**good, "purchase_id": "p2", "dollars": "a lot"}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = subprocess.run(
+        [*COMMAND, "demo", *args], capture_output=True, text=True, timeout=120, check=False,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

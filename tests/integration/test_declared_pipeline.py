@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from models.programs import save_program
 from schemas import deadletter
 from streams.cli import main
+from streams.harness import Output
 from tests.integration.conftest import Deployment, Published
 from tests.pipelines.visits import WINDOW, VisitNet, pipeline
 
@@ -67,6 +68,28 @@ def stage_of(message: object) -> bytes:
     return headers[deadletter.STAGE]
 
 
+def score_once(
+    deployment: Deployment,
+    records: list[Published],
+    ids: set[str],
+    bad: list[tuple[bytes | None, bytes | None, bytes]],
+) -> Output:
+    """Publish ``records`` with the ``bad`` ones (key, value, expected stage) spread among
+    them; the output once every event is scored and every bad one dead-lettered, as
+    checked here: each event scored once, each bad one in its stage."""
+    records = list(records)
+    for n, (key, value, _) in enumerate(bad, 1):
+        records.insert(n * len(records) // (len(bad) + 1), Published(key, value, None))
+    deployment.publish("events", records)
+    reader = deployment.reader()
+    out = reader.until(lambda o: o.scored_ids() >= ids and len(o.dead) >= len(bad), 120)
+    reader.close()
+    assert out.scored_ids() == ids
+    assert len(out.scores) == len(ids)  # one outcome per event
+    assert sorted(stage_of(m) for m in out.dead) == sorted(stage for *_, stage in bad)
+    return out
+
+
 @pytest.mark.broker
 def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
     deployment: Deployment, tmp_path: Path
@@ -96,18 +119,8 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
     assert added.exit_code == 0, added.output
     rule = {"model": "visit-wide:1", "where": {"device": "app", "pages": {"gte": 5}}}
     serve(deployment, model, STREAMSCORE_ROUTING_RULES=orjson.dumps([rule]).decode())
-    records = [record(v) for v in good]
-    for position, (key, value, _) in zip((10, 200, 400, 600, 800, 1000), bad, strict=True):
-        records.insert(position, Published(key, value, None))
-    deployment.publish("events", records)
-
-    reader = deployment.reader()
     ids = {str(v["visit_id"]) for v in good}
-    out = reader.until(lambda o: o.scored_ids() >= ids and len(o.dead) >= len(bad), 90)
-    reader.close()
-    assert out.scored_ids() == ids
-    assert len(out.scores) == len(ids)  # one outcome per event
-    assert sorted(stage_of(m) for m in out.dead) == sorted(stage for *_, stage in bad)
+    out = score_once(deployment, [record(v) for v in good], ids, bad)
 
     def key_value(kv: tuple[bytes | None, bytes | None]) -> tuple[bytes, bytes]:
         return kv[0] or b"", kv[1] or b""

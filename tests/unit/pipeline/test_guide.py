@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 GUIDE = Path(__file__).resolve().parents[3] / "docs" / "pipelines.md"
 BIN = Path(sys.executable).parent
 
@@ -21,6 +23,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m[1], m[2]) for m in re.finditer(r"```(\w*)\n(.*?)```", text, re.S)]
 
 
+@pytest.mark.broker  # the demo starts its own
 def test_the_pipelines_guide_runs_as_written(tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -56,7 +59,7 @@ def test_the_pipelines_guide_runs_as_written(tmp_path: Path) -> None:
             for line in expected:
                 assert line in done.stdout.splitlines(), (command, done.stdout)
             ran += 1
-    assert ran == 4  # features, the training script, check, models add
+    assert ran == 5  # features, the training script, check, models add, demo
     scores = [json.loads(line) for line in printed["check"].splitlines()]
     assert [s["event_id"] for s in scores] == ["v1", "v2", "v3"]
     assert (tmp_path / "registry" / "visit-net" / "1" / "manifest.json").is_file()
