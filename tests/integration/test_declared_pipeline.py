@@ -19,6 +19,7 @@ from models.programs import save_program
 from schemas import deadletter
 from streams.cli import main
 from streams.harness import Output
+from streams.pipeline import Pipeline
 from tests.integration.conftest import Deployment, Published
 from tests.pipelines.visits import WINDOW, VisitNet, pipeline
 
@@ -155,10 +156,10 @@ def test_a_declared_pipeline_is_scored_by_a_worker_as_pipeline_check_scores_it(
     assert min(routed.values()) > 100, routed  # both models scored a share
 
 
-def state_counts(deployment: Deployment) -> dict[str, int]:
-    """Events counted in each user's state, read back from the state changelog."""
+def state_counts(deployment: Deployment, declared: Pipeline = pipeline) -> dict[str, int]:
+    """Events counted in each entity's state, read back from the state changelog."""
     latest = deployment.changelog()
-    records, undecodable = pipeline.layout.decode(list(latest.values()))
+    records, undecodable = declared.layout.decode(list(latest.values()))
     assert not undecodable.any()
     return dict(zip(latest, records["seen"].tolist(), strict=True))
 

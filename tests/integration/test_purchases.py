@@ -14,7 +14,7 @@ from pipelines.purchases import pipeline
 from pipelines.purchases.data import events_jsonl, fetch, read_log, replay_order
 from streams.cli import main
 from tests.integration.conftest import Deployment, Published
-from tests.integration.test_declared_pipeline import score_once
+from tests.integration.test_declared_pipeline import score_once, state_counts
 
 SLICE = 3_000  # the first purchases by date: January 1997, thousands of customers
 
@@ -51,8 +51,5 @@ def test_a_slice_of_the_real_log_is_scored_by_a_worker_as_pipeline_check_scores_
         assert score["score"] == pytest.approx(expected[score["event_id"]], abs=1e-5)
 
     # Each purchase counted once in its customer's state (read back from the changelog).
-    latest = deployment.changelog()
-    state, undecodable = pipeline.layout.decode(list(latest.values()))
-    assert not undecodable.any()
-    counted = dict(zip(latest, state["seen"].tolist(), strict=True))
+    counted = state_counts(deployment, pipeline)
     assert counted == dict(Counter(str(e["customer"]) for e in events))
