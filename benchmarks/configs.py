@@ -112,6 +112,7 @@ class Launch:
     naive_fetch_wait_ms: int
     quix_python: Path
     broker_pid: int | None = None  # the embedded broker's process, to charge its CPU
+    pipeline: str = "fraud"  # what streamscore serves (the naive Faust app knows fraud only)
 
 
 class CommandProcess(WorkerProcess):
@@ -165,6 +166,7 @@ def start(config: Config, topics: Topics, launch: Launch) -> CommandProcess:
         "STREAMSCORE_CONTROL_TOPIC": f"{topics.prefix}-control",
         "STREAMSCORE_PARTITIONS": str(launch.partitions),
         "STREAMSCORE_DATA_DIR": str(launch.workdir / f"{topics.prefix}-data"),
+        "STREAMSCORE_PIPELINE": launch.pipeline,
         **config.env,
     }
     if config.kind is Kind.STREAMSCORE:

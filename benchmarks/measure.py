@@ -87,8 +87,12 @@ class PhaseOutput:
 class OutputTally:
     """Reads a configuration's output topics from the start, one phase at a time."""
 
-    def __init__(self, bootstrap: str, scores: str, dlq: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, scores: str, dlq: str, partitions: int, event_id: str = "event_id"
+    ) -> None:
         self._scores = scores
+        #: The input events' id field: a peer that passes events on outputs them as they are.
+        self._event_id = event_id
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -155,7 +159,7 @@ class OutputTally:
                 if message.topic() != self._scores:
                     out.dead += 1
                     continue
-                event_id = _event_id(message.value() or b"")
+                event_id = _event_id(message.value() or b"", self._event_id)
                 sent = None if event_id is None else sent_ms.get(event_id)
                 if event_id is None or sent is None:
                     out.other += 1
@@ -171,8 +175,9 @@ class OutputTally:
         self._consumer.close()
 
 
-def _event_id(value: bytes) -> str | None:
-    """The ``event_id`` of a score (or of a passed-through event); None if it has none."""
+def _event_id(value: bytes, passed_on: str = "event_id") -> str | None:
+    """The ``event_id`` of a score, or the ``passed_on`` field of a passed-through event;
+    None if it has neither."""
     if value.startswith(_PREFIX):  # every score and event here starts so: skip the parse
         end = value.find(b'"', len(_PREFIX))
         if end > 0:
@@ -181,7 +186,9 @@ def _event_id(value: bytes) -> str | None:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    found = parsed.get("event_id") if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    found = parsed.get("event_id", parsed.get(passed_on))
     return found if isinstance(found, str) else None
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.pipeline_probe --pipeline purchases --events 20000
 
-Without Kafka: the pipeline's events (for ``purchases``, the CDNOW log replayed
+Without Kafka: the pipeline's declared sample (for ``purchases``, the CDNOW log
 by date) go through the stages a worker runs, chunk by chunk, each timed apart
 and reported as the best of ``--repeats`` runs, in microseconds per event:
 
@@ -33,11 +33,9 @@ CHUNK = 1024
 
 
 def _events(pipeline: Pipeline, n: int) -> list[bytes]:
-    if pipeline.name != "purchases":
-        raise SystemExit("the probe knows the events of the purchases pipeline only")
-    from pipelines.purchases.data import events_jsonl, fetch, read_log
-
-    return events_jsonl(read_log(fetch()))[:n]
+    if pipeline.sample is None:
+        raise SystemExit(f"pipeline {pipeline.name!r} declares no sample for the probe")
+    return list(pipeline.sample()[:n])
 
 
 def _best(repeats: int, run: Callable[[], Any]) -> float:
@@ -100,6 +98,8 @@ def probe(ref: str, n_events: int, batch: int, repeats: int, threads: int) -> di
     micro = 1e6
     results = {
         "events": float(n),
+        "batch": float(batch),
+        "repeats": float(repeats),
         "validate_us": _best(repeats, validate) / n * micro,
         "features_us": _best(repeats, features) / n * micro,
         "model_batched_us": _best(repeats, batched) / n * micro,

@@ -1,10 +1,11 @@
-"""The input: synthetic events (and malformed ones), their topics, and how they are published.
+"""The input: events (and malformed ones), their topics, and how they are published.
 
 Every configuration gets the same records: :class:`InputStream` rebuilds the
-same :class:`~models.synthetic.SyntheticWorld` from the seed for each one, so
-the backlog, the paced loads and the burst are identical as long as their
-sizes are. Event ids carry no phase tag: the world's ids run on across calls,
-so they are unique within a configuration's topic.
+same :class:`~models.synthetic.SyntheticWorld` from the seed for each one (for
+``fraud``), or replays the pipeline's declared sample from its start (for any
+other pipeline), so the backlog, the paced loads and the burst are identical as
+long as their sizes are. Event ids carry no phase tag: they run on across
+calls, so they are unique within a configuration's topic.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from benchmarks.exceptions import BenchmarkError
 from models.synthetic import SyntheticWorld, malformed_values
+from streams.pipeline import load_pipeline
 
 #: Shortest sleep of the paced producer between bursts of due records.
 _PACING_TICK_S = 0.001
@@ -35,6 +37,7 @@ class Workload:
     payload_bytes: int = 0  # 0: the synthetic event as it is (about 150 bytes)
     malformed_share: float = 0.005
     seed: int = 11
+    pipeline: str = "fraud"  # the synthetic fraud world; any other: its declared sample
 
     @property
     def malformed(self) -> int:
@@ -58,10 +61,22 @@ class InputStream:
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
-        self._world = SyntheticWorld(seed=workload.seed, n_entities=workload.keys)
+        self._world: SyntheticWorld | None = None
+        self._replay: SampleReplay | None = None
+        if workload.pipeline == "fraud":
+            self._world = SyntheticWorld(seed=workload.seed, n_entities=workload.keys)
+        else:
+            self._replay = SampleReplay(workload.pipeline)
+
+    @property
+    def event_id(self) -> str:
+        """The events' id field."""
+        return "event_id" if self._replay is None else self._replay.event_id
 
     def profiles(self) -> list[tuple[bytes, bytes]]:
         """Feature updates for the features topic, so that profile lookups hit."""
+        if self._world is None:
+            return []
         return [(str(p["entity_id"]).encode(), orjson.dumps(p)) for p in self._world.profiles()]
 
     def backlog(self) -> list[Record]:
@@ -84,6 +99,9 @@ class InputStream:
 
     def events(self, n: int) -> list[Record]:
         """The next ``n`` valid events, padded to the workload's payload size."""
+        if self._replay is not None:
+            return self._replay.events(n)
+        assert self._world is not None
         target = self.workload.payload_bytes
         out = []
         for item in self._world.events(n):
@@ -94,6 +112,46 @@ class InputStream:
                 event["merchant"] = f"{event['merchant']}-{'x' * (target - len(value) - 1)}"
                 value = orjson.dumps(event)
             out.append(Record(str(event["entity_id"]).encode(), value, str(event["event_id"])))
+        return out
+
+
+class SampleReplay:
+    """A declared pipeline's sample, replayed from its start and then again, as often as asked.
+
+    The n-th replay of an event gets the event id ``ID~n`` and its event time
+    moved on by n times the sample's span (plus a day), so each replay is a new
+    event, later than every earlier one: state keeps growing as it would on a
+    longer log, and no event is a redelivery.
+    """
+
+    def __init__(self, ref: str) -> None:
+        pipeline = load_pipeline(ref)
+        if pipeline.sample is None:
+            raise BenchmarkError(f"pipeline {ref!r} declares no sample to replay")
+        self._events = [orjson.loads(line) for line in pipeline.sample()]
+        if not self._events:
+            raise BenchmarkError(f"the sample of pipeline {ref!r} is empty")
+        schema = pipeline.schema
+        self._key, self._id, self._time = schema.key, schema.event_id, schema.time
+        self.event_id = schema.event_id
+        times = [float(e[self._time]) for e in self._events] if self._time else [0.0]
+        self._span = max(times) - min(times) + 86_400.0
+        self._next = 0
+
+    def events(self, n: int) -> list[Record]:
+        out = []
+        size = len(self._events)
+        for position in range(self._next, self._next + n):
+            lap, index = divmod(position, size)
+            event = self._events[index]
+            if lap:
+                event = dict(event)
+                event[self._id] = f"{event[self._id]}~{lap}"
+                if self._time:
+                    event[self._time] = event[self._time] + lap * self._span
+            key = str(event[self._key]).encode()
+            out.append(Record(key, orjson.dumps(event), str(event[self._id])))
+        self._next += n
         return out
 
 

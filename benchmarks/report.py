@@ -155,9 +155,12 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
         f"- command: `{command}`",
         f"- machine: {machine()}",
         f"- code: {revision()}; one embedded broker (Tansu) for every configuration",
+        f"- pipeline: {workload.pipeline}"
+        + ("" if workload.pipeline == "fraud" else " (its declared sample, replayed)"),
         f"- input: {workload.events:,} records ({workload.valid:,} events, "
-        f"{workload.malformed:,} malformed), {workload.keys:,} keys, "
-        f"{workload.partitions} partitions, mean value {results.mean_value_bytes:,.0f} bytes, "
+        f"{workload.malformed:,} malformed), "
+        + (f"{workload.keys:,} keys, " if workload.pipeline == "fraud" else "")
+        + f"{workload.partitions} partitions, mean value {results.mean_value_bytes:,.0f} bytes, "
         f"seed {workload.seed}",
         "",
         "## Throughput: draining the pre-loaded backlog",
@@ -259,6 +262,24 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
             f"- {_name(p.config)}, {p.kind}: {p.missing:,} of {p.records:,} inputs have no output"
             for p in losses
         ]
+    if results.stages is not None:
+        s = results.stages
+        lines += [
+            "",
+            "## The pipeline's stages without Kafka",
+            "",
+            f"`python -m benchmarks.pipeline_probe --pipeline {workload.pipeline}`: "
+            f"{int(s['events']):,} events of its sample through the worker's own stage code, "
+            f"in chunks, best of {int(s['repeats'])} runs, one torch thread; the model batched "
+            f"{int(s['batch'])} events per call against one event per call.",
+            "",
+            "| validate | features (state walk included) | model, batched "
+            "| model, one at a time | batched speed-up |",
+            "|--:|--:|--:|--:|--:|",
+            f"| {s['validate_us']:.2f} µs | {s['features_us']:.2f} µs "
+            f"| {s['model_batched_us']:.2f} µs | {s['model_single_us']:.1f} µs "
+            f"| **{s['batched_speedup']:.0f}x** |",
+        ]
     lines += [""] + [f"![{Path(plot).stem}]({plot})" for plot in plots]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -277,6 +298,7 @@ def to_json(results: Results, command: str) -> bytes:
         "options": dataclasses.asdict(results.options),
         "phases": [dataclasses.asdict(p) for p in results.phases],
         "skipped": results.skipped,
+        "stages": results.stages,
     }
     return orjson.dumps(
         data, default=default, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY

@@ -107,6 +107,8 @@ class Results:
     phases: list[Phase] = field(default_factory=list)
     skipped: list[tuple[str, float, str]] = field(default_factory=list)  # config, rate, why
     mean_value_bytes: float = 0.0
+    #: A declared pipeline's stages without Kafka (:func:`benchmarks.pipeline_probe.probe`).
+    stages: dict[str, float] | None = None
 
     def drain(self, config: str) -> Phase | None:
         """The configuration's drain of round 1."""
@@ -133,7 +135,8 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
     echo(f"embedded broker at {bootstrap}; logs in {workdir}")
     launch = Launch(bootstrap, options.workload.partitions, workdir,
                     options.naive_fetch_wait_ms, options.quix_python,
-                    broker.process.pid if broker.process else None)  # fmt: skip
+                    broker.process.pid if broker.process else None,
+                    options.workload.pipeline)  # fmt: skip
     run_id = uuid.uuid4().hex[:6]
     try:
         # Rounds after the first drain again, alternating configurations, so that a slow
@@ -145,7 +148,16 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
                 _run_config(CONFIGS[key], topics, launch, results, echo, number)
     finally:
         broker.stop()
+    if options.workload.pipeline != "fraud":
+        from benchmarks.pipeline_probe import probe
+
+        echo(f"stages of {options.workload.pipeline} without Kafka ...")
+        results.stages = probe(options.workload.pipeline, PROBE_EVENTS, PROBE_BATCH, 3, 1)
     return results
+
+
+#: Events and batch size of the stage probe a declared pipeline's bench ends with.
+PROBE_EVENTS, PROBE_BATCH = 20_000, 256
 
 
 def _rates(options: Options, results: Results, own_peak: float) -> list[float]:
@@ -259,7 +271,8 @@ def _launched(
     if config.reads_features:
         publisher.publish(topics.features, source.profiles())
     preloaded = publisher.publish(topics.events, ((r.key, r.value) for r in before_start))
-    tally = OutputTally(launch.bootstrap, topics.scores, topics.dlq, options.workload.partitions)
+    tally = OutputTally(launch.bootstrap, topics.scores, topics.dlq, options.workload.partitions,
+                        source.event_id)  # fmt: skip
     started_ms = time.time() * 1000
     process = start(config, topics, launch)
     monitor = RssMonitor(process.pid).start()

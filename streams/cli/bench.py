@@ -21,6 +21,7 @@ from benchmarks.preload import Workload
 from benchmarks.report import write
 from benchmarks.runner import Basis, Options, run
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
+from streams.pipeline import PipelineError, load_pipeline
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -54,7 +55,19 @@ def _default_quix_python() -> Path:
     show_default=True,
     help="Records pre-loaded for each configuration (malformed ones included).",
 )
-@click.option("--keys", default=1_000, show_default=True, help="Distinct entity ids (record keys).")
+@click.option(
+    "--pipeline",
+    default="fraud",
+    show_default=True,
+    help="What streamscore serves: fraud (synthetic events) or a pipeline that declares a "
+    "sample (replayed from its start, again with new ids and later times as often as needed).",
+)
+@click.option(
+    "--keys",
+    default=1_000,
+    show_default=True,
+    help="Distinct entity ids (record keys) of the fraud events (a sample has its own).",
+)
 @click.option("--partitions", default=8, show_default=True, help="Partitions of every topic.")
 @click.option(
     "--payload-bytes",
@@ -142,6 +155,7 @@ def _default_quix_python() -> Path:
 @click.option("--name", default="local", show_default=True, help="Names the result files.")
 def bench(
     n_events: int,
+    pipeline: str,
     keys: int,
     partitions: int,
     payload_bytes: int,
@@ -175,13 +189,27 @@ def bench(
         fail("--latency-loads and --latency-rates must be positive", EXIT_USAGE)
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         fail(f"--name {name!r}: letters, digits, '-', '_' and '.' only", EXIT_USAGE)
+    if pipeline != "fraud":
+        if any(CONFIGS[k].kind is Kind.NAIVE_FAUST for k in configs):
+            fail("configuration c (naive Faust) scores fraud events only: leave it out "
+                 f"for --pipeline {pipeline}", EXIT_USAGE)  # fmt: skip
+        if payload_bytes:
+            fail("--payload-bytes pads the fraud events only", EXIT_USAGE)
+        try:
+            declared = load_pipeline(pipeline)
+        except PipelineError as exc:
+            fail(str(exc), EXIT_USAGE)
+        if declared.sample is None:
+            fail(f"pipeline {pipeline!r} declares no sample for the bench to replay", EXIT_USAGE)
     quix = quix_python or _default_quix_python()
     if any(CONFIGS[k].kind is Kind.QUIX for k in configs) and not quix.exists():
         fail(f"configuration d needs Quix Streams in its own virtualenv, {quix} is missing: "
              "run `make bench`, or leave d out (--configs a,b,c)", EXIT_USAGE)  # fmt: skip
     settings_or_exit()  # a bad STREAMSCORE_* value (passed on to the workers) stops here
     options = Options(
-        workload=Workload(n_events, keys, partitions, payload_bytes, malformed_share, seed),
+        workload=Workload(
+            n_events, keys, partitions, payload_bytes, malformed_share, seed, pipeline
+        ),
         configs=configs,
         latency_loads=loads,
         latency_rates=rates,

@@ -101,10 +101,60 @@ def test_bench_rounds_drain_every_configuration_again_and_report_medians(
     assert text.count("| median |") == 1
 
 
+def test_bench_runs_the_purchases_pipeline_on_its_real_log(tmp_path: Path) -> None:
+    """streamscore serving purchases drains the first 3,000 purchases, and the report gains
+    the pipeline's stages without Kafka (the model batched against one event at a time)."""
+    result = CliRunner().invoke(
+        main,
+        ["bench", "--pipeline", "purchases", "--events", "3000", "--partitions", "4",
+         "--configs", "a,e", "--latency-loads", "", "--burst", "0", "--output", str(tmp_path),
+         "--name", "p"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = orjson.loads((tmp_path / "results-p.json").read_bytes())
+    drains = {p["config"]: p for p in report["phases"] if p["kind"] == "drain"}
+    assert set(drains) == {"a", "e"}
+    served = drains["a"]
+    assert (served["records"], served["missing"], served["duplicates"]) == (3000, 0, 0)
+    assert (served["scored"], served["dead"]) == (2985, 15)  # 0.5% malformed
+    assert served["mean_batch"] >= 1
+    assert (drains["e"]["scored"], drains["e"]["other"]) == (2985, 15)  # all passed on
+    stages = report["stages"]
+    assert (stages["events"], stages["batch"]) == (20_000, 256)
+    for name in ("validate_us", "features_us", "model_batched_us", "model_single_us"):
+        assert 0 < stages[name] < math.inf, name
+    assert stages["batched_speedup"] == stages["model_single_us"] / stages["model_batched_us"]
+    text = (tmp_path / "results-p.md").read_text()
+    assert "- pipeline: purchases (its declared sample, replayed)" in text
+    assert "## The pipeline's stages without Kafka" in text
+    assert "streamscore bench --events 3000 --pipeline purchases" in text
+
+
 def test_bench_refuses_an_unknown_configuration(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "--configs", "a,z", "--output", str(tmp_path)])
     assert result.exit_code == 2
     assert "--configs" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--pipeline", "purchases", "--configs", "a,c"], "configuration c (naive Faust)"),
+        (
+            ["--pipeline", "purchases", "--configs", "a", "--payload-bytes", "300"],
+            "pads the fraud events only",
+        ),
+        (["--pipeline", "nosuch", "--configs", "a"], "unknown pipeline 'nosuch'"),
+        (["--pipeline", "tests.pipelines.visits:pipeline", "--configs", "a"], "declares no sample"),
+    ],
+)
+def test_bench_refuses_what_a_pipeline_cannot_run(
+    tmp_path: Path, args: list[str], reason: str
+) -> None:
+    result = CliRunner().invoke(main, ["bench", *args, "--output", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert reason in result.output
+    assert "Traceback" not in result.output
 
 
 def test_bench_fails_when_a_configuration_loses_events(

@@ -274,3 +274,50 @@ def test_the_bare_peer_commits_only_what_it_flushed_and_stamps_each_output() -> 
     assert loop.log == [
         "produce v0", "produce v1", "flush", "commit", "produce v3", "flush", "commit",
     ]  # fmt: skip
+
+
+def _sampled_visits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's own visits pipeline, given a sample of three visits by two users."""
+    import dataclasses
+
+    from tests.pipelines import visits
+
+    sample = [
+        orjson.dumps({"user": u, "visit_id": v, "ts": t, "seconds": 5.0, "pages": 1,
+                      "device": "web"})
+        for u, v, t in (("ann", "v1", 100.0), ("bob", "v2", 160.0), ("ann", "v3", 200.0))
+    ]  # fmt: skip
+    declared = dataclasses.replace(visits.pipeline, sample=lambda: sample)
+    monkeypatch.setattr(visits, "sampled", declared, raising=False)
+
+
+def test_a_declared_pipelines_sample_is_replayed_with_new_ids_and_later_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _sampled_visits(monkeypatch)
+    workload = Workload(events=7, keys=1, partitions=2, malformed_share=0,
+                        pipeline="tests.pipelines.visits:sampled")  # fmt: skip
+    stream = InputStream(workload)
+    assert stream.profiles() == []  # the pipeline declares no profile
+    records = stream.backlog() + stream.events(2)  # the paced loads go on where it stopped
+    events = [orjson.loads(r.value) for r in records]
+    assert [r.event_id for r in records] == [
+        "v1", "v2", "v3", "v1~1", "v2~1", "v3~1", "v1~2", "v2~2", "v3~2",
+    ]  # fmt: skip
+    assert [e["visit_id"] for e in events] == [r.event_id for r in records]
+    assert [r.key for r in records] == [e["user"].encode() for e in events]
+    span = 200.0 - 100.0 + 86_400.0  # a lap is the sample's span and a day later
+    assert [e["ts"] for e in events] == [
+        100.0, 160.0, 200.0, 100 + span, 160 + span, 200 + span,
+        100 + 2 * span, 160 + 2 * span, 200 + 2 * span,
+    ]  # fmt: skip
+    times = [e["ts"] for e in events]
+    assert times == sorted(times)  # no replayed event is older than one before it
+
+
+def test_a_pipeline_without_a_sample_cannot_be_replayed() -> None:
+    from benchmarks.exceptions import BenchmarkError
+
+    workload = Workload(events=5, keys=1, partitions=1, pipeline="tests.pipelines.visits:pipeline")
+    with pytest.raises(BenchmarkError, match="declares no sample"):
+        InputStream(workload)
