@@ -2,10 +2,10 @@
 
 Run as its own process: ``python -m faust -A benchmarks.naive_app worker -l info``.
 It does the same work as streamscore, one event at a time: an agent iterates
-the events stream, validates each event with :class:`schemas.events.Event`,
+the events stream, validates each event with :class:`pipelines.fraud.events.Event`,
 looks its profile up in a Faust ``Table`` (RocksDB, changelogged) kept by a
 second agent, rolls the entity's history in another table, featurizes with
-:mod:`models.featurize`, calls the model for that one event and awaits
+:mod:`pipelines.fraud.features`, calls the model for that one event and awaits
 ``scores.send()``. Invalid events go to the dead-letter topic with the same
 headers streamscore writes, so every input has an output to count.
 
@@ -32,10 +32,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from models.artifact import load_artifact
-from models.featurize import Aggregate, featurize, roll
 from models.registry import resolve
+from pipelines.fraud.events import Event
+from pipelines.fraud.features import featurize, roll
 from schemas.deadletter import dead_letter_headers
-from schemas.events import Event, FeatureUpdate
+from schemas.profiles import FeatureUpdate
 from schemas.scores import Score, Source
 from streams.errors import StreamscoreError
 from streams.settings import Settings, load_settings
@@ -105,7 +106,7 @@ features_topic = _raw_topic(settings.features_topic)
 scores_topic = _raw_topic(settings.scores_topic)
 dlq_topic = _raw_topic(settings.dlq_topic)
 
-# JSON values, Faust's default: a profile dict, and the entity's history as a dict.
+# JSON values, Faust's default: a profile dict, and the entity's history record in hex.
 profiles = app.Table("profiles", default=None, partitions=settings.partitions)
 history = app.Table("history", default=None, partitions=settings.partitions)
 
@@ -149,9 +150,9 @@ async def score(stream: Any) -> None:
         stored = history.get(entity)
         rolled = roll(
             [entity], [record.amount], [record.ts], [message.offset],
-            {entity: None if stored is None else Aggregate(**stored)},
+            {entity: None if stored is None else bytes.fromhex(stored)},
         )  # fmt: skip
-        history[entity] = rolled.final[entity]._asdict()
+        history[entity] = rolled.final[entity].hex()
         raw = featurize(
             [record.amount], [record.ts], [record.channel], [record.country],
             [record.currency], [profiles.get(entity)], rolled,

@@ -1,7 +1,7 @@
 """The input: events (and malformed ones), their topics, and how they are published.
 
 Every configuration gets the same records: :class:`InputStream` rebuilds the
-same :class:`~models.synthetic.SyntheticWorld` from the seed for each one (for
+same :class:`~pipelines.fraud.synthetic.SyntheticWorld` from the seed for each one (for
 ``fraud``), or replays the pipeline's declared sample from its start (for any
 other pipeline), so the backlog, the paced loads and the burst are identical as
 long as their sizes are. Event ids carry no phase tag: they run on across
@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from benchmarks.exceptions import BenchmarkError
-from models.synthetic import SyntheticWorld, malformed_values
+from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from streams.pipeline import load_pipeline
 
 #: Shortest sleep of the paced producer between bursts of due records.

@@ -4,8 +4,8 @@
 
 Builds chunks of the bench's synthetic input (its events, with the same share
 of its malformed records spread through them, 8 partitions, 1,000 keys),
-then times :func:`streams.scoring.decode.decode_events` on a clean chunk and on one
-with malformed records, and :meth:`streams.scoring.features.FeatureStage.prepare` on
+then times :func:`pipelines.fraud.decode.decode_events` on a clean chunk and on one
+with malformed records, and :meth:`pipelines.fraud.intake.FeatureStage.prepare` on
 the decoded events (profiles and histories in memory, as if cached), and the
 writing of their scores as JSON (:class:`schemas.scores.ScoreBatch`). It prints
 the best time per record of ``--repeats`` timings: steady on a shared machine,
@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.preload import InputStream, Workload
+from pipelines.fraud.decode import decode_events
+from pipelines.fraud.intake import FeatureStage
 from schemas.scores import ScoreBatch, ScoreEncoder
 from streams.kafka.emit import Outgoing
-from streams.scoring.decode import Record, decode_events
-from streams.scoring.features import FeatureStage
+from streams.scoring.decode import Record
 
 PARTITIONS = 8
 

@@ -27,9 +27,9 @@ from safetensors.torch import save_file
 
 from models.errors import ArtifactError, InputMismatch, ModelError
 from models.execution import ExecutionOptions, Executor
-from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
-from models.fraud_mlp import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, FraudMLP
 from models.preprocess import InputSpec, Preprocessor
+from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
+from pipelines.fraud.model import MAX_HIDDEN_LAYERS, MAX_LAYER_WIDTH, FraudMLP
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -105,18 +105,19 @@ class Manifest(BaseModel):
         return f"{self.name}:{self.version}"
 
 
+_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
 def packaged_artifacts_dir() -> Path:
-    """Where the artifacts shipped with the package live (``<name>/<version>/``)."""
-    return Path(__file__).resolve().parent / "artifacts"
+    """Where the default pipeline's packaged artifacts live (``<name>/<version>/``)."""
+    return _PIPELINES / "fraud" / "artifacts"
 
 
 def packaged_roots() -> list[Path]:
-    """Every folder of packaged artifacts: the product's, then each packaged pipeline's."""
-    pipelines = Path(__file__).resolve().parents[1] / "pipelines"
-    return [
-        packaged_artifacts_dir(),
-        *sorted(p for p in pipelines.glob("*/artifacts") if p.is_dir()),
-    ]
+    """Every folder of packaged artifacts: the default pipeline's, then the others'."""
+    default = packaged_artifacts_dir()
+    others = sorted(p for p in _PIPELINES.glob("*/artifacts") if p.is_dir() and p != default)
+    return [default, *others]
 
 
 def save_artifact(

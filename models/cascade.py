@@ -19,9 +19,9 @@ import numpy.typing as npt
 import torch
 
 from models.artifact import LoadedModel, load_artifact
-from models.featurize import RawFeatures
-from models.synthetic import SyntheticWorld
-from models.train import auc, build_features
+from pipelines.fraud.features import RawFeatures
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import auc, build_features
 
 __all__ = ["CascadeReport", "evaluate_cascade"]
 

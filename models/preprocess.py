@@ -1,6 +1,6 @@
 """A model's input spec (stored in its manifest) and the preprocessing it describes.
 
-The spec names raw features of :mod:`models.featurize` and says how to turn
+The spec names raw features of :mod:`pipelines.fraud.features` and says how to turn
 them into the model's input matrix: impute, standardise and clip numerics
 (with an optional missing-indicator column), one-hot categoricals with one
 extra slot for values outside the vocabulary. A spec naming a feature the
@@ -18,7 +18,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, FloatArray, RawFeatures
+from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, FloatArray, RawFeatures
 
 __all__ = [
     "STD_FLOOR",

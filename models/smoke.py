@@ -4,8 +4,8 @@ Checking the manifest and the checksum proves an artifact is intact, not that
 it scores: weights that overflow to NaN, or a spec whose preprocessing does not
 fit the module, would only show on the worker's first batch. So the registry
 runs every new model on :data:`SMOKE_ROWS` rows built exactly as the worker
-builds them (:func:`models.featurize.featurize`, via
-:func:`models.train.build_features`, over synthetic events, some
+builds them (:func:`pipelines.fraud.features.featurize`, via
+:func:`pipelines.fraud.train.build_features`, over synthetic events, some
 entities with a profile and some without, so imputation is exercised too) and
 requires one finite score in [0, 1] per row.
 """
@@ -18,9 +18,9 @@ import numpy as np
 
 from models.artifact import LoadedModel
 from models.errors import ArtifactError
-from models.featurize import RawFeatures
-from models.synthetic import SyntheticWorld
-from models.train import build_features
+from pipelines.fraud.features import RawFeatures
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import build_features
 
 __all__ = ["SMOKE_ROWS", "check_smoke", "smoke_features"]
 

@@ -1,6 +1,9 @@
-"""Pydantic wire schemas: what crosses Kafka topics, and nothing else."""
+"""Pydantic wire schemas every pipeline shares: what crosses Kafka topics, and nothing else.
 
-from schemas.events import Event, EventRecord, FeatureUpdate
+A pipeline's event schema is its own (the default one's: :mod:`pipelines.fraud.events`).
+"""
+
+from schemas.profiles import FeatureUpdate
 from schemas.scores import Score, Source
 
-__all__ = ["Event", "EventRecord", "FeatureUpdate", "Score", "Source"]
+__all__ = ["FeatureUpdate", "Score", "Source"]

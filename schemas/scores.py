@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import NonEmptyStr
+from schemas.profiles import NonEmptyStr
 
 Route = Literal["primary", "canary", "escalated", "fallback", "default", "shadow"]
 

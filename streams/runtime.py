@@ -18,6 +18,7 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING
 
 from models.programs import load_program
+from pipelines.fraud.intake import FeatureStage, FraudIntake
 from schemas.rollout import PlanError, RolloutPlan
 from streams.errors import BrokerError, ConfigError
 from streams.kafka.bulk import BulkConsumer, Sink
@@ -34,7 +35,6 @@ from streams.rollout.plans import Models, PlanFollower
 from streams.scoring.agent import ScoringPipeline
 from streams.scoring.deadletters import DeadLetterSink
 from streams.scoring.declared import DeclaredIntake
-from streams.scoring.features import FeatureStage, FraudIntake
 from streams.scoring.inference import Inference, resolve_device
 from streams.scoring.intake import IntakeStage
 from streams.scoring.ladder import BreakerState, Ladder

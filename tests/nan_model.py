@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from models.artifact import load_artifact, save_artifact
-from models.fraud_mlp import FraudMLP
 from models.registry import resolve
+from pipelines.fraud.model import FraudMLP
 
 
 def nan_artifact(directory: Path, name: str) -> Path:

@@ -36,7 +36,7 @@ def served_pipeline_or_exit(settings: Settings) -> None:
     try:
         declared = served_pipeline(settings)
         if declared is None:  # the built-in fraud pipeline
-            from schemas.events import Event
+            from pipelines.fraud.events import Event
 
             check_rules(settings.routing_rules, Event, settings.pipeline)
             return

@@ -19,7 +19,7 @@ import click
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from models.synthetic import SyntheticWorld, malformed_values
+from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
 from streams.kafka.topics import AuthFailures
 from streams.settings import Settings

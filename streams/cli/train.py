@@ -44,7 +44,7 @@ def train(
     version: str, seed: int, output: Path | None, architecture: str, pipeline_ref: str | None
 ) -> None:
     """Train deterministically and write a model artifact; print its held-out AUC."""
-    from models.train import train as run_training
+    from pipelines.fraud.train import train as run_training
     from streams.cli.common import settings_or_exit
 
     chosen = pipeline_ref if pipeline_ref is not None else settings_or_exit().pipeline

@@ -66,6 +66,16 @@ def walk(
     """
     n = len(groups)
     n_groups = len(stored)
+    if n == 0:  # an empty chunk (every record of it a dead letter): nothing moves
+        nothing = np.zeros(0)
+        size = (0, layout.window.size, len(layout.window.fields)) if layout.window else None
+        return Walked(
+            {name: nothing for name in layout.aggregates},
+            None if size is None else np.zeros(size),
+            None if size is None else np.zeros(0, np.int64),
+            stored.copy(),
+            np.zeros(0, np.bool_),
+        )
     order = np.argsort(groups, kind="stable")
     g = groups[order]
     t = times[order].astype(np.float64)

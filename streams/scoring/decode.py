@@ -1,35 +1,29 @@
 """Stage 1: bytes to validated records, a whole fetched chunk at a time.
 
-Each consumed record ends as either a valid event (or feature update) or a
-:class:`DeadLetter` saying why not; nothing here raises for bad input. Each
-record is parsed on its own (a record is never glued to its neighbours, so one
-producer cannot smuggle fields into another's record). Events are parsed and
-checked by msgspec, one C pass per record; what it refuses, and feature
-updates, are parsed by orjson and validated by pydantic (the schemas of
-record) in one call per chunk, which marks a bad item instead of failing the
-chunk; only the bad ones are validated again, for their reasons.
+Each consumed record ends as either a valid item (an event, a feature update)
+or a :class:`DeadLetter` saying why not; nothing here raises for bad input.
+Each record is parsed on its own (a record is never glued to its neighbours,
+so one producer cannot smuggle fields into another's record) by orjson
+(:func:`parse_each`), and the chunk validated by pydantic in one call
+(:func:`validate_chunk`), which marks a bad item instead of failing the chunk;
+only the bad ones are validated again, for their reasons. Feature updates are
+decoded here; a pipeline's events by its intake (which may parse faster first,
+as the default pipeline's msgspec pass does, :mod:`pipelines.fraud.decode`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
-from operator import attrgetter, is_, itemgetter
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import orjson
 from pydantic import Field, PlainValidator, TypeAdapter, ValidationError
 
 from schemas.deadletter import Stage
-from schemas.events import (
-    FAST_EVENT,
-    MAX_PROFILE_FEATURES,
-    MAX_RECORD_BYTES,
-    EventRecord,
-    FeatureUpdate,
-    is_code,
-)
+from schemas.profiles import MAX_PROFILE_FEATURES, MAX_RECORD_BYTES, FeatureUpdate
 from streams.errors import EmptyRecord, KeyMismatch, NotAnObject, RecordTooLarge
 from streams.kafka.undecodable import UndecodableRecord
 
@@ -81,12 +75,12 @@ class _Rejected:
 
 _REJECTED = _Rejected()
 #: Matches anything an item schema rejected (tried last), so one bad item never fails a chunk.
-_Fallback = Annotated[Any, PlainValidator(lambda _: _REJECTED)]
-_FIRST_MATCH = Field(union_mode="left_to_right")
+Fallback = Annotated[Any, PlainValidator(lambda _: _REJECTED)]
+FIRST_MATCH = Field(union_mode="left_to_right")
 
 
 @dataclass(frozen=True, slots=True)
-class _Schema:
+class ChunkSchema:
     """A whole chunk validated in one pass, and the reason for an item that failed."""
 
     chunk: TypeAdapter[list[Any]]  # each item validated, or _REJECTED
@@ -103,36 +97,27 @@ class _Schema:
             )
         return "record: rejected"  # not reached: the chunk schema rejects what this does
 
-
-_EVENTS = _Schema(
-    TypeAdapter(list[Annotated[EventRecord | _Fallback, _FIRST_MATCH]]), TypeAdapter(EventRecord)
-)
-_UPDATES = _Schema(
-    TypeAdapter(list[Annotated[FeatureUpdate | _Fallback, _FIRST_MATCH]]),
-    TypeAdapter(FeatureUpdate),
-)
+    @classmethod
+    def of(cls, item: Any) -> ChunkSchema:
+        """The schema of chunks of ``item`` (a pydantic model or a TypedDict)."""
+        return cls(TypeAdapter(list[Annotated[item | Fallback, FIRST_MATCH]]), TypeAdapter(item))
 
 
-def decode_events(records: Sequence[Record]) -> Decoded[EventRecord]:
-    """Decode and validate events; the key must be the UTF-8 ``entity_id``."""
-    dead: list[DeadLetter] = []
-    items, sources = _events(records, dead)
-    return _check_keys(items, sources, dead, _entity_of_dict)
+_UPDATES = ChunkSchema.of(FeatureUpdate)
 
 
 def decode_feature_updates(records: Sequence[Record]) -> Decoded[FeatureUpdate]:
     """Decode and validate profile feature updates; the key must be the ``entity_id``."""
     dead: list[DeadLetter] = []
-    objects, sources = _parse_each(records, dead, MAX_PROFILE_FEATURES)
-    items, sources = _validate(objects, sources, _UPDATES, dead)
-    return _check_keys(items, sources, dead, _entity_of_update)
+    objects, sources = parse_each(records, dead, MAX_PROFILE_FEATURES)
+    items, sources = validate_chunk(objects, sources, _UPDATES, dead)
+    return check_keys(items, sources, dead, _entity_of_update)
 
 
-_entity_of_dict = itemgetter("entity_id")  # of an EventRecord
 _entity_of_update = attrgetter("entity_id")  # of a FeatureUpdate
 
 
-def _check_keys(
+def check_keys(
     items: list[Any], sources: list[Record], dead: list[DeadLetter], entity_of: Any
 ) -> Decoded[Any]:
     """The key must be the entity id, so that its partition (and its order) is the entity's."""
@@ -154,100 +139,9 @@ def _check_keys(
 
 
 _VALUE, _KEY = attrgetter("value"), attrgetter("key")
-_CURRENCY, _COUNTRY = itemgetter("currency"), itemgetter("country")
-_REFUSED = object()  # where msgspec refused a value
-#: What msgspec raises for a value: DecodeError (and its ValidationError), UnicodeDecodeError
-#: for a string that is not UTF-8, RecursionError for nesting too deep.
-_REFUSALS = (ValueError, RecursionError)
-_UNTRIED = object()  # where msgspec has not looked yet
 
 
-def _values_in_bounds(records: Sequence[Record]) -> list[bytes] | None:
-    """Every record's value, if none is missing, undecodable or too large (else None)."""
-    if not records or UndecodableRecord in set(map(type, records)):
-        return None
-    values = list(map(_VALUE, records))
-    try:
-        longest = max(map(len, values))  # a None value raises TypeError
-    except TypeError:
-        return None
-    if longest + max(map(len, filter(None, map(_KEY, records))), default=0) > MAX_RECORD_BYTES:
-        return None
-    return values
-
-
-def _events(records: Sequence[Record], dead: list[DeadLetter]) -> tuple[list[Any], list[Record]]:
-    """Valid events (with their records, in order); the others dead-lettered.
-
-    An event is valid if msgspec accepts it (``schemas.events.FAST_EVENT``: one C
-    pass per record) or, failing that, if pydantic accepts orjson's parse of it;
-    the second try also gives a refused record its reason. msgspec skips over
-    fields the schema does not have without checking them: their UTF-8 is
-    checked here, and a number there beyond a double's range (which orjson
-    refuses) does not refuse the event, whose unknown fields are ignored. A
-    record's fate never depends on its neighbours.
-    """
-    values = _values_in_bounds(records)
-    items: list[Any] = []
-    if values is None:  # some record is not even worth a parse: sort them out one by one
-        items = [_UNTRIED] * len(records)
-    else:
-        decode = FAST_EVENT.decode
-        while len(items) < len(values):
-            try:  # extend() keeps what it decoded before a failure: resume after the bad one
-                items.extend(map(decode, islice(values, len(items), None)))
-            except _REFUSALS:
-                items.append(_REFUSED)
-        if _REFUSED not in items and _all_utf8(values):
-            codes = "".join(map(_CURRENCY, items)) + "".join(map(_COUNTRY, items))
-            if codes.isascii() and codes.isalpha() and codes.isupper():  # lengths are checked
-                return items, list(records)
-    good: list[Any] = []
-    sources: list[Record] = []
-    for record, item in zip(records, items, strict=True):
-        if item is _UNTRIED:
-            item = _decode_one(record)
-        if (
-            item is not _REFUSED
-            and is_code(item["currency"])
-            and is_code(item["country"])
-            and _all_utf8([record.value or b""])
-        ):
-            good.append(item)
-            sources.append(record)
-            continue
-        objects, kept = _parse_each([record], dead, None)
-        valid, kept = _validate(objects, kept, _EVENTS, dead)
-        good.extend(valid)
-        sources.extend(kept)
-    return good, sources
-
-
-def _all_utf8(values: list[bytes]) -> bool:
-    """Whether every value is UTF-8 (msgspec skips unknown fields without checking that).
-
-    One C call over the chunk: values msgspec accepted begin and end with ASCII
-    (braces, whitespace), so no two can join into a character neither holds.
-    """
-    try:
-        b"".join(values).decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _decode_one(record: Record) -> Any:
-    """msgspec's event for one record, or _REFUSED."""
-    values = _values_in_bounds([record])
-    if values is None:
-        return _REFUSED
-    try:
-        return FAST_EVENT.decode(values[0])
-    except _REFUSALS:
-        return _REFUSED
-
-
-def _parse_each(
+def parse_each(
     records: Sequence[Record], dead: list[DeadLetter], max_fields: int | None
 ) -> tuple[list[Any], list[Record]]:
     """Parse record by record (orjson), dead-lettering each that is not a JSON object in bounds."""
@@ -285,10 +179,10 @@ def _parse_each(
     return objects, sources
 
 
-def _validate(
+def validate_chunk(
     objects: list[Any],
     sources: list[Record],
-    schema: _Schema,
+    schema: ChunkSchema,
     dead: list[DeadLetter],
 ) -> tuple[list[Any], list[Record]]:
     """Validate all objects in one pass; dead-letter the ones that fail, keep the rest."""

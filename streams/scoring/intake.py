@@ -2,7 +2,7 @@
 :class:`Intake` the scoring agent batches, scores and emits.
 
 A pipeline's intake (:class:`streams.scoring.declared.DeclaredIntake` for a
-declared pipeline, :class:`streams.scoring.features.FraudIntake` for the
+declared pipeline, :class:`pipelines.fraud.intake.FraudIntake` for the
 built-in one) decodes and validates the records, reads and walks their
 entities' state and computes the model input. The agent never looks inside
 an event: it needs each one's id, entity and time for its score, and the

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from models.featurize import Aggregate
+from pipelines.fraud.features import StoredHistory
 from streams.harness import OutputReader, WorkerProcess
 from streams.kafka.embedded import EmbeddedBroker
 
@@ -159,9 +159,9 @@ class Deployment:
         consumer.close()
         return latest
 
-    def history(self) -> dict[str, Aggregate]:
-        """The latest online history per entity, read back from the table's changelog."""
-        return {entity: Aggregate.unpack(value) for entity, value in self.changelog().items()}
+    def history(self) -> dict[str, int]:
+        """Events counted in each entity's online history, read back from the changelog."""
+        return {e: StoredHistory.unpack(v).count for e, v in self.changelog().items()}
 
     def stop_all(self) -> None:
         for process in self.workers:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from streams.harness import WorkerProcess, metric_value
 from tests.integration.conftest import Deployment, event_record
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from streams.harness import metric_value
 from streams.kafka.embedded import EmbeddedBroker
 from tests.integration.conftest import Deployment, event_record

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from models.artifact import load_artifact, packaged_artifacts_dir
-from models.synthetic import SyntheticWorld
-from models.train import build_features
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import build_features
 
 COMMAND = [sys.executable, "-m", "streams"]
 

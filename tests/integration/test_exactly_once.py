@@ -21,7 +21,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from models.synthetic import SyntheticWorld, malformed_values
+from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from tests.integration.conftest import PARTITIONS, Deployment, Published, event_record
 from tests.integration.test_restart import assert_history_counts, expected_counts
 

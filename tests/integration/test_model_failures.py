@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from models.artifact import load_artifact, save_artifact
-from models.fraud_mlp import FraudMLP
 from models.registry import resolve
+from pipelines.fraud.model import FraudMLP
 from schemas import deadletter
 from streams.harness import metric_value
 from tests.integration.conftest import Deployment, event_record

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from models.synthetic import SyntheticWorld, malformed_values
+from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from streams.harness import WorkerProcess, metric_value
 from streams.kafka.embedded import EmbeddedBroker, free_port
 from tests.deploy.promql import RULES, rules, unknown_names

@@ -16,7 +16,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from streams.harness import OutputReader, WorkerProcess, metric_value
 from tests.integration.conftest import Deployment, PacedPublisher, event_record
 

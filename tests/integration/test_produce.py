@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from tests.integration.conftest import PARTITIONS, Deployment
 from tests.integration.records import COMMAND, create_topics, read_topic, streamscore
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from streams.harness import metric_value
 from tests.integration.conftest import Deployment, PacedPublisher, event_record
 from tests.integration.test_restart import assert_history_counts, expected_counts

@@ -21,7 +21,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from schemas import deadletter
-from schemas.events import MAX_RECORD_BYTES
+from schemas.profiles import MAX_RECORD_BYTES
 from streams.kafka.topics import DEAD_LETTER_HEADROOM
 from tests.integration.conftest import PARTITIONS, Deployment, Published
 

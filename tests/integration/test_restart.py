@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from streams.harness import Output
 from tests.integration.conftest import Deployment, Published, event_record
 
@@ -111,8 +111,7 @@ def test_state_is_recovered_from_the_changelog_with_an_empty_data_dir(
 def assert_history_counts(deployment: Deployment, expected: Counter[str]) -> None:
     deadline = time.monotonic() + 30
     while True:  # the last changelog writes may still be landing
-        history = deployment.history()
-        counts = {entity: agg.count for entity, agg in history.items()}
+        counts = deployment.history()
         if counts == dict(expected) or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -191,7 +191,7 @@ def test_rollback_without_a_canary_fails_and_writes_nothing(control: Control) ->
         (("canary", "fraud-nope:1", "--percent", "5"), "'fraud-nope:1' not found"),
         (("primary", "fraud-mlp:7"), "'fraud-mlp:7' not found"),
         (("shadow", "Not_A_Ref"), "is not a model reference"),
-        (("primary", "./models/artifacts/fraud-deep/1"), "is a path"),
+        (("primary", "./pipelines/fraud/artifacts/fraud-deep/1"), "is a path"),
         (("canary", "fraud-deep:1", "--percent", "0"), "--percent must be above 0"),
         (("canary", "fraud-deep:1", "--percent", "101"), "--percent must be above 0"),
         (("canary", "fraud-mlp:1", "--percent", "5"), "already the primary"),

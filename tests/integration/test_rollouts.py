@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from models.registry import add_artifact
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.synthetic import SyntheticWorld
 from schemas.rollout import Canary, RolloutPlan
 from streams.harness import Output, WorkerProcess, metric_value
 from streams.rollout.control import read_plan, write_plan

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from models.synthetic import SyntheticWorld, malformed_values
+from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from schemas import deadletter
 from schemas.scores import Score
 from streams.harness import metric_value

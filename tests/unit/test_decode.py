@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from models.synthetic import malformed_values
-from schemas.events import EVENT_RECORDS
+from pipelines.fraud.decode import decode_events
+from pipelines.fraud.events import EVENT_RECORDS
+from pipelines.fraud.synthetic import malformed_values
 from streams.metrics import Metrics
 from streams.scoring.deadletters import DeadLetterSink
-from streams.scoring.decode import Decoded, decode_events, decode_feature_updates
+from streams.scoring.decode import Decoded, decode_feature_updates
 
 EVENT = {
     "event_id": "e-1", "entity_id": "acct-1", "ts": 1.0, "amount": 1.0, "currency": "EUR",

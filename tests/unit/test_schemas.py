@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from pipelines.fraud.events import EVENT_RECORDS, Event
 from schemas.deadletter import MAX_MESSAGE_BYTES, dead_letter_headers, truncate_utf8
-from schemas.events import EVENT_RECORDS, Event, FeatureUpdate
+from schemas.profiles import FeatureUpdate
 from schemas.scores import Score, ScoreBatch, ScoreEncoder
 
 GOOD: dict[str, Any] = {

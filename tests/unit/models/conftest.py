@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.train import TrainReport, train
+from pipelines.fraud.train import TrainReport, train
 
 SmallTrainer = Callable[..., TrainReport]
 

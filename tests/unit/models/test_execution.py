@@ -23,10 +23,10 @@ from models.execution import (
     default_buckets,
     reference_batch,
 )
-from models.featurize import RawFeatures
-from models.fraud_mlp import FraudMLP
-from models.synthetic import SyntheticWorld
-from models.train import build_features
+from pipelines.fraud.features import RawFeatures
+from pipelines.fraud.model import FraudMLP
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import build_features
 from streams.scoring.inference import Inference
 
 WIDTH = 24

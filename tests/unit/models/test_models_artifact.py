@@ -25,12 +25,12 @@ from models.artifact import (
     save_artifact,
 )
 from models.errors import ArtifactError, ModelError
-from models.featurize import RawFeatures
-from models.fraud_mlp import FraudMLP
 from models.preprocess import Preprocessor, fit_spec
 from models.registry import resolve
-from models.synthetic import SyntheticWorld
-from models.train import auc, build_features
+from pipelines.fraud.features import RawFeatures
+from pipelines.fraud.model import FraudMLP
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import auc, build_features
 
 
 def _labeled(seed: int, n: int, n_entities: int = 300) -> tuple[RawFeatures, np.ndarray]:

@@ -7,18 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from models.featurize import (
+from pipelines.fraud.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
-    Aggregate,
     FloatArray,
     History,
     RawFeatures,
+    StoredHistory,
     featurize,
     roll,
 )
-from models.synthetic import SyntheticWorld
-from models.train import build_features
+from pipelines.fraud.synthetic import SyntheticWorld
+from pipelines.fraud.train import build_features
 
 COL = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 
@@ -26,36 +26,51 @@ COL = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 def test_each_event_sees_the_history_before_it() -> None:
     history = roll(["a", "b", "a", "a"], [10.0, 5.0, 20.0, 30.0], [0.0, 1.0, 10.0, 15.0],
                    [0, 1, 2, 3], {})  # fmt: skip
-    assert history.count == [0.0, 0.0, 1.0, 2.0]
-    assert history.mean_amount[2:] == [10.0, 15.0]
-    assert history.seconds_since_last[2:] == [10.0, 5.0]
-    assert all(math.isnan(v) for v in history.mean_amount[:2] + history.seconds_since_last[:2])
-    assert history.final == {"a": Aggregate(3, 20.0, 15.0, 3), "b": Aggregate(1, 5.0, 1.0, 1)}
+    assert history.count.tolist() == [0.0, 0.0, 1.0, 2.0]
+    assert history.mean_amount[2:].tolist() == [10.0, 15.0]
+    assert history.seconds_since_last[2:].tolist() == [10.0, 5.0]
+    assert np.isnan(history.mean_amount[:2]).all()
+    assert np.isnan(history.seconds_since_last[:2]).all()
+    assert unpacked(history) == {"a": StoredHistory(3, 20.0, 15.0, 3),
+                                 "b": StoredHistory(1, 5.0, 1.0, 1)}  # fmt: skip
+
+
+def unpacked(history: History) -> dict[str, StoredHistory]:
+    return {entity: StoredHistory.unpack(value) for entity, value in history.final.items()}
 
 
 def test_redelivered_events_change_nothing() -> None:
-    stored = Aggregate(count=2, mean_amount=15.0, last_ts=100.0, last_offset=5)
-    replay = roll(["a", "a"], [999.0, 1.0], [90.0, 100.0], [4, 5], {"a": stored})
+    stored = StoredHistory(count=2, mean_amount=15.0, last_ts=100.0, last_offset=5)
+    replay = roll(["a", "a"], [999.0, 1.0], [90.0, 100.0], [4, 5], {"a": stored.pack()})
     # Unchanged, but handed back so the changelog catches up with the local store.
-    assert replay.final == {"a": stored}
-    assert replay.count == [2.0, 2.0]
-    assert replay.mean_amount == [15.0, 15.0]
+    assert unpacked(replay) == {"a": stored}
+    assert replay.count.tolist() == [2.0, 2.0]
+    assert replay.mean_amount.tolist() == [15.0, 15.0]
     # A redelivery's time since the previous event is unknown, not a (bursty) 0.
-    assert all(math.isnan(x) for x in replay.seconds_since_last)
+    assert np.isnan(replay.seconds_since_last).all()
 
-    mixed = roll(["a", "a"], [999.0, 30.0], [100.0, 160.0], [5, 6], {"a": stored})
-    assert mixed.final == {"a": Aggregate(3, 20.0, 160.0, 6)}
+    mixed = roll(["a", "a"], [999.0, 30.0], [100.0, 160.0], [5, 6], {"a": stored.pack()})
+    assert unpacked(mixed) == {"a": StoredHistory(3, 20.0, 160.0, 6)}
 
 
 def test_none_in_start_means_never_seen() -> None:
     history = roll(["x"], [3.0], [7.0], [0], {"x": None})
-    assert history.count == [0.0]
-    assert history.final["x"] == Aggregate(1, 3.0, 7.0, 0)
+    assert history.count.tolist() == [0.0]
+    assert unpacked(history)["x"] == StoredHistory(1, 3.0, 7.0, 0)
 
 
-def test_aggregate_packs_round_trip() -> None:
-    agg = Aggregate(7, 12.5, 1_763_769_600.25, 123_456_789)
-    assert Aggregate.unpack(agg.pack()) == agg
+def test_a_stored_history_round_trips_and_another_record_is_refused() -> None:
+    agg = StoredHistory(7, 12.5, 1_763_769_600.25, 123_456_789)
+    assert StoredHistory.unpack(agg.pack()) == agg
+    with pytest.raises(ValueError, match="not a history record"):
+        StoredHistory.unpack(b"\x00" * 32)  # the old fixed struct: another size
+
+
+def test_a_history_that_cannot_be_decoded_starts_over_and_is_marked() -> None:
+    history = roll(["a", "b"], [5.0, 6.0], [1.0, 2.0], [7, 8], {"a": b"junk", "b": None})
+    assert history.restarted.tolist() == [True, False]
+    assert history.count.tolist() == [0.0, 0.0]
+    assert unpacked(history)["a"] == StoredHistory(1, 5.0, 1.0, 7)
 
 
 def _num(value: object) -> float:
@@ -69,7 +84,7 @@ def test_chunked_processing_equals_one_pass() -> None:
     events = [e.event for e in world.events(3_000)]
     table = world.feature_table()
     whole = build_features(events, table)
-    state: dict[str, Aggregate | None] = {}
+    state: dict[str, bytes | None] = {}
     parts = []
     for start in range(0, len(events), 700):
         chunk = events[start : start + 700]
@@ -108,7 +123,7 @@ def test_featurize_nan_rules() -> None:
     assert row[COL["hour_sin"]] == pytest.approx(1.0)  # 06:00 UTC
     assert row[COL["hour_cos"]] == pytest.approx(0.0, abs=1e-6)
 
-    seen = roll(["a"], [100.0], [50.0], [1], {"a": Aggregate(1, 50.0, 10.0, 0)})
+    seen = roll(["a"], [100.0], [50.0], [1], {"a": StoredHistory(1, 50.0, 10.0, 0).pack()})
     row = _one({"account_age_days": 365.0, "avg_amount_30d": 50.0}, seen)
     assert np.isnan(row[COL["chargeback_rate"]])
     assert np.isnan(row[COL["txn_count_30d_log"]])

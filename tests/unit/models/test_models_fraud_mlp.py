@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.fraud_mlp import FraudMLP
+from pipelines.fraud.model import FraudMLP
 
 
 def test_no_hidden_layers_is_logistic_regression() -> None:

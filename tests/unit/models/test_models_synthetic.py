@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from models.featurize import PROFILE_FEATURES
-from models.synthetic import MALFORMED_KINDS, SyntheticWorld, malformed_values
-from schemas.events import EVENT_RECORDS, Event, FeatureUpdate
+from pipelines.fraud.events import EVENT_RECORDS, Event
+from pipelines.fraud.features import PROFILE_FEATURES
+from pipelines.fraud.synthetic import MALFORMED_KINDS, SyntheticWorld, malformed_values
+from schemas.profiles import FeatureUpdate
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -42,7 +43,7 @@ def test_different_seed_differs() -> None:
 def test_same_output_in_another_process() -> None:
     script = (
         "import hashlib, json\n"
-        "from models.synthetic import SyntheticWorld\n"
+        "from pipelines.fraud.synthetic import SyntheticWorld\n"
         "w = SyntheticWorld(5, n_entities=200)\n"
         "p = [(e.event, e.is_fraud) for e in w.events(700)] + [w.profiles()]\n"
         "print(hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest())\n"

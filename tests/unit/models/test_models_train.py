@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.artifact import MANIFEST, WEIGHTS, load_artifact
-from models.train import TrainReport, auc
+from pipelines.fraud.train import TrainReport, auc
 
 
 def _pairwise_auc(y: np.ndarray, s: np.ndarray) -> float:

@@ -190,6 +190,18 @@ def test_a_redelivered_event_sees_the_state_and_never_counts_twice() -> None:
     assert lengths == [0, 1, 2, 2]
 
 
+def test_an_empty_chunk_walks_to_nothing_and_keeps_the_stored_state() -> None:
+    stored = LAYOUT.empty(2)
+    stored["seen"] = [3, 4]
+    none, floats = np.zeros(0, np.int64), np.zeros(0)
+    walked = walk(LAYOUT, none, none, floats, {"x": floats, "y": floats}, stored)
+    assert set(walked.state) == set(LAYOUT.aggregates)
+    assert all(len(values) == 0 for values in walked.state.values())
+    assert walked.window is not None
+    assert walked.window.shape == (0, 3, 2)
+    assert walked.final["seen"].tolist() == [3, 4]
+
+
 def test_decay_over_spans_of_a_thousand_half_lives() -> None:
     layout = StateLayout({"n": Count(half_life=1.0), "s": Sum("x", half_life=1.0)}, None)
     times = np.array([0.0, 1000.0, 1001.0, 3000.0])  # 2**-1000 would not survive scaling

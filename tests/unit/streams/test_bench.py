@@ -25,9 +25,9 @@ from benchmarks.measure import (
 from benchmarks.preload import InputStream, Workload
 from benchmarks.report import markdown
 from benchmarks.runner import Options, Phase, Results
-from models.featurize import NUMERIC_FEATURES
+from pipelines.fraud.decode import decode_events
+from pipelines.fraud.features import NUMERIC_FEATURES
 from streams.harness import histogram_buckets
-from streams.scoring.decode import decode_events
 
 
 def test_backlog_mixes_the_malformed_share_into_the_events() -> None:

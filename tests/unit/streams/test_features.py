@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from models.featurize import NUMERIC_FEATURES, Aggregate
+from pipelines.fraud.features import NUMERIC_FEATURES, StoredHistory
+from pipelines.fraud.intake import FeatureStage
 from streams.kafka.emit import Outgoing
-from streams.scoring.features import FeatureStage
 
 COL = {name: i for i, name in enumerate(NUMERIC_FEATURES)}
 
@@ -71,12 +71,12 @@ def test_profiles_and_history_feed_the_features_and_history_is_written_back() ->
         (b"a", 2, "h-changelog"),
         (b"b", 2, "h-changelog"),
     }
-    assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(2, 20.0, 160.0, 12)
+    assert StoredHistory.unpack(history.data[2][b"a"]) == StoredHistory(2, 20.0, 160.0, 12)
 
     # The next chunk continues from the stored history; a replayed event counts once.
     again = features.prepare([Rec(12, 2), Rec(13, 2)], [ev("a", 30.0, 160.0), ev("a", 5.0, 170.0)])  # type: ignore[arg-type]
     assert math.isnan(again.raw.numeric[0, COL["seconds_since_last_log"]])
-    assert Aggregate.unpack(history.data[2][b"a"]) == Aggregate(3, 15.0, 170.0, 13)
+    assert StoredHistory.unpack(history.data[2][b"a"]) == StoredHistory(3, 15.0, 170.0, 13)
 
 
 def test_a_profile_that_cannot_be_decoded_degrades_only_that_entitys_events() -> None:
@@ -93,12 +93,12 @@ def test_a_profile_that_cannot_be_decoded_degrades_only_that_entitys_events() ->
     assert math.isnan(numeric[1, COL["chargeback_rate"]])  # imputed by the model
     assert math.isclose(numeric[2, COL["chargeback_rate"]], 0.25, rel_tol=1e-6)
     # Its history is readable, so it is kept and updated as usual.
-    assert Aggregate.unpack(history.data[0][b"bad"]).count == 1
+    assert StoredHistory.unpack(history.data[0][b"bad"]).count == 1
 
 
 def test_a_failing_store_degrades_the_chunk_and_never_overwrites_the_history() -> None:
     features, _, history = stage()
-    history.data[0][b"a"] = Aggregate(7, 3.0, 0.5, 99).pack()
+    history.data[0][b"a"] = StoredHistory(7, 3.0, 0.5, 99).pack()
     history.fail = True
     events = [ev("a", 1.0, 1.0), ev("b", 1.0, 2.0), ev("a", 1.0, 3.0)]
     prepared = features.prepare([Rec(100), Rec(101), Rec(102)], events)  # type: ignore[arg-type]
@@ -109,7 +109,7 @@ def test_a_failing_store_degrades_the_chunk_and_never_overwrites_the_history() -
     for column in ("history_count_log", "history_mean_amount_log", "seconds_since_last_log"):
         assert np.isnan(numeric[:, COL[column]]).all(), column  # unknown, not "never seen"
     assert prepared.changelog == []  # a guess would overwrite the real history
-    assert Aggregate.unpack(history.data[0][b"a"]) == Aggregate(7, 3.0, 0.5, 99)
+    assert StoredHistory.unpack(history.data[0][b"a"]) == StoredHistory(7, 3.0, 0.5, 99)
 
 
 def test_a_history_that_cannot_be_decoded_degrades_its_events_and_starts_over() -> None:
@@ -121,7 +121,7 @@ def test_a_history_that_cannot_be_decoded_degrades_its_events_and_starts_over() 
     assert prepared.degraded_reasons == {"history_undecodable": 2}
     assert np.isnan(prepared.raw.numeric[:2, COL["history_count_log"]]).all()
     assert prepared.raw.numeric[2, COL["history_count_log"]] == 0.0
-    assert Aggregate.unpack(history.data[0][b"a"]) == Aggregate(2, 15.0, 3.0, 6)
+    assert StoredHistory.unpack(history.data[0][b"a"]) == StoredHistory(2, 15.0, 3.0, 6)
 
 
 def test_a_chunk_of_several_partitions_reads_each_partition_once() -> None:
@@ -132,4 +132,4 @@ def test_a_chunk_of_several_partitions_reads_each_partition_once() -> None:
     assert sorted(profiles.reads) == [1, 3]
     assert math.isclose(prepared.raw.numeric[2, COL["chargeback_rate"]], 0.5, rel_tol=1e-6)
     assert {(m.key, m.partition) for m in prepared.changelog} == {(b"a", 1), (b"b", 3)}
-    assert Aggregate.unpack(history.data[1][b"a"]).count == 2
+    assert StoredHistory.unpack(history.data[1][b"a"]).count == 2

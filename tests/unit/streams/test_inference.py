@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from models.registry import resolve
+from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.errors import ConfigError, NonFiniteScore
 from streams.scoring.inference import Inference, resolve_device
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from models.featurize import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
+from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.clock import FakeClock
 from streams.scoring.inference import Inference
 from streams.scoring.ladder import Breaker, BreakerState, Ladder, Route

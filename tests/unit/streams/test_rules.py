@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from pipelines.fraud.events import Event
 from pipelines.purchases import Purchase
-from schemas.events import Event
 from schemas.rollout import RoutingRule
 from streams.errors import ConfigError
 from streams.scoring.rules import check_rules, first_match

@@ -1,4 +1,4 @@
-"""Wire schemas of what producers publish: events and profile feature updates.
+"""The fraud pipeline's event: what producers publish on its events topic.
 
 The constraints live once, in the ``Annotated`` aliases below. :class:`Event` is
 the public model; :data:`EventRecord` is the same schema as a ``TypedDict``,
@@ -18,13 +18,8 @@ from msgspec import Meta
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict
 
-#: A record (key + value) larger than this is malformed.
-MAX_RECORD_BYTES = 64 * 1024
+from schemas.profiles import WIRE, NonEmptyStr
 
-#: Most profile features one update may carry.
-MAX_PROFILE_FEATURES = 256
-
-NonEmptyStr = Annotated[str, Field(min_length=1)]
 EventTime = Annotated[float, Field(allow_inf_nan=False, description="epoch seconds")]
 Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case")]
@@ -32,13 +27,11 @@ Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 al
 Channel = Literal["web", "pos", "app"]
 CHANNELS: tuple[Channel, ...] = ("web", "pos", "app")
 
-_WIRE = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
-
 
 class Event(BaseModel):
     """One event on the events topic; the record key is the UTF-8 ``entity_id``."""
 
-    model_config = ConfigDict(**_WIRE, frozen=True)
+    model_config = ConfigDict(**WIRE, frozen=True)
 
     event_id: NonEmptyStr
     entity_id: NonEmptyStr
@@ -50,7 +43,7 @@ class Event(BaseModel):
     channel: Channel
 
 
-@with_config(_WIRE)
+@with_config(WIRE)
 class EventRecord(TypedDict):
     """:class:`Event` as a plain dict: what the bulk decoder hands to the pipeline."""
 
@@ -92,30 +85,3 @@ FAST_EVENT: msgspec.json.Decoder[_FastEventRecord] = msgspec.json.Decoder(_FastE
 def is_code(value: str) -> bool:
     """Upper-case ASCII letters only: with the length, the currency and country patterns."""
     return value.isascii() and value.isalpha() and value.isupper()
-
-
-ProfileValue = Annotated[float, Field(allow_inf_nan=False)] | None
-
-
-class FeatureUpdate(BaseModel):
-    """A complete profile of numeric features for one entity (replaces the previous one).
-
-    Every field other than ``entity_id`` is a feature: a finite number, or
-    ``null`` for "unknown". A feature left out is unknown too and is imputed
-    by the model.
-    """
-
-    model_config = ConfigDict(**{**_WIRE, "extra": "allow"}, frozen=True)
-    __pydantic_extra__: dict[Annotated[str, Field(min_length=1, max_length=128)], ProfileValue]
-
-    entity_id: NonEmptyStr
-
-    def features(self) -> dict[str, float]:
-        """The known features (``null`` ones left out, i.e. imputed)."""
-        extra = self.__pydantic_extra__ or {}
-        if len(extra) > MAX_PROFILE_FEATURES:  # also enforced by the decoder
-            raise ValueError(f"more than {MAX_PROFILE_FEATURES} features")
-        return {name: float(value) for name, value in extra.items() if value is not None}
-
-
-FEATURE_UPDATES: TypeAdapter[list[FeatureUpdate]] = TypeAdapter(list[FeatureUpdate])

@@ -3,9 +3,10 @@
 Per chunk, for each partition in it: one multi-get for the profiles and one
 for the histories of its distinct entities (the tables are co-partitioned
 with events, so they are in that partition's local database), then
-:func:`models.featurize.roll` gives each event the history *before* it, in
-offset order, and the changed histories are written back in one batch and
-sent to the changelog. An entity never seen is scored with imputed features.
+:func:`pipelines.fraud.features.roll` (the state walk of every pipeline) gives each
+event the history *before* it, in offset order, and the changed histories are
+written back in one batch and sent to the changelog. An entity never seen is
+scored with imputed features.
 
 State that cannot be read does not cost the event its score: a fraud score on
 imputed features is worth more than none. The event is scored with what could
@@ -22,7 +23,6 @@ be read, the rest imputed, and marked ``degraded`` (counted by reason):
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -33,16 +33,12 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from models.featurize import (
-    Aggregate,
-    RawFeatures,
-    featurize,
-    roll,
-)
-from schemas.events import EventRecord
+from pipelines.fraud.decode import decode_events
+from pipelines.fraud.events import EventRecord
+from pipelines.fraud.features import RawFeatures, featurize, roll
 from streams.kafka.emit import Outgoing
 from streams.kafka.tables import TableState
-from streams.scoring.decode import DeadLetter, Record, decode_events
+from streams.scoring.decode import DeadLetter, Record
 from streams.scoring.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -85,9 +81,8 @@ class FeatureStage:
             by_partition.setdefault(partition, []).append(entity)
 
         profile_of: dict[str, dict[str, float] | None] = {}
-        start: dict[str, Aggregate | None] = {}
-        unknown_history: set[str] = set()  # history unknown for this chunk: imputed
-        unreadable: set[str] = set()  # the store failed: not written back either
+        stored: dict[str, bytes | None] = {}
+        unreadable: set[str] = set()  # the store failed: history unknown, not written back
         degraded: dict[str, str] = {}  # entity -> why its features are partly imputed
         read_seconds = 0.0
         for partition, distinct in by_partition.items():
@@ -97,36 +92,36 @@ class FeatureStage:
             histories = self._read(self.history, partition, keys, distinct, degraded)
             read_seconds += time.perf_counter() - started
             if histories is None:
-                unknown_history.update(distinct)
                 unreadable.update(distinct)
+            else:
+                stored.update(zip(distinct, histories, strict=True))
             for i, entity in enumerate(distinct):
-                stored = None if profiles is None else profiles[i]
+                value = None if profiles is None else profiles[i]
                 try:
-                    profile_of[entity] = None if stored is None else orjson.loads(stored)
+                    profile_of[entity] = None if value is None else orjson.loads(value)
                 except orjson.JSONDecodeError:
                     profile_of[entity] = None
                     degraded.setdefault(entity, "profile_undecodable")
-                stored = None if histories is None else histories[i]
-                try:
-                    start[entity] = None if stored is None else Aggregate.unpack(stored)
-                except (struct.error, TypeError):
-                    start[entity] = None  # starts over: it could never be read again
-                    unknown_history.add(entity)
-                    degraded.setdefault(entity, "history_undecodable")
-        if degraded:
-            log.error("state of %d entities could not be read: scored degraded", len(degraded))
 
         # map() with itemgetter walks each column in C, cheaper than a comprehension.
         amounts = list(map(_AMOUNT, events))
         timestamps = list(map(_TS, events))
-        rolled = roll(entities, amounts, timestamps, list(map(_OFFSET, records)), start)
+        rolled = roll(entities, amounts, timestamps, list(map(_OFFSET, records)), stored)
+        if rolled.restarted.any():  # it could never be read again: it starts over from here
+            for row in np.flatnonzero(rolled.restarted).tolist():
+                degraded.setdefault(entities[row], "history_undecodable")
+        if degraded:
+            log.error("state of %d entities could not be read: scored degraded", len(degraded))
         marks = np.zeros(len(events), dtype=np.bool_)
         reasons: Counter[str] = Counter()
         if degraded:
             marks[:] = [entity in degraded for entity in entities]
             reasons.update(degraded[entity] for entity in entities if entity in degraded)
-        if unknown_history:
-            rolled = rolled.unknown([entity in unknown_history for entity in entities])
+        unknown = rolled.restarted
+        if unreadable:
+            unknown = unknown | np.fromiter(map(unreadable.__contains__, entities), np.bool_)
+        if unknown.any():
+            rolled = rolled.unknown(unknown)
         raw = featurize(
             amounts,
             timestamps,
@@ -137,10 +132,10 @@ class FeatureStage:
             rolled,
         )
         writes: dict[int, dict[bytes, bytes]] = {}
-        for entity, agg in rolled.final.items():
+        for entity, value in rolled.final.items():
             if entity in unreadable:
                 continue
-            writes.setdefault(partition_of[entity], {})[entity.encode()] = agg.pack()
+            writes.setdefault(partition_of[entity], {})[entity.encode()] = value
         changelog = [
             message
             for partition, items in writes.items()

@@ -1,27 +1,31 @@
 """What the model sees: the feature catalogue, shared by training and serving.
 
-Training (``models.train``) and the worker (``streams.scoring.features``) both turn
+Training (``pipelines.fraud.train``) and the worker (``pipelines.fraud.intake``) both turn
 events into model input with :func:`featurize`, so the two cannot drift apart.
 Raw features come out untransformed apart from fixed log/ratio maps; a model's
 own preprocessing (normalisation, imputation, one-hot) is in its manifest and
 applied by :mod:`models.preprocess`.
 
-Per-entity history (count, running mean amount, time of the previous event)
-is an :class:`Aggregate`. It carries the offset of the last event it counts,
-so replaying an event after a crash or a rebalance never counts it twice and
-an older event never rolls the state back.
+Per-entity history (count, mean amount, time since the previous event) is
+state declared with the pipeline API (:data:`HISTORY`) and walked by the same
+function as every pipeline's (:func:`roll` hands it the fraud columns). Its
+record carries the offset of the last event it counts, so replaying an event
+after a crash or a rebalance never counts it twice and an older event never
+rolls the state back.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from streams.pipeline.state import Count, Mean, SincePrevious, StateLayout
+from streams.pipeline.walk import walk
 
 #: Profile features a model may use (from the features topic); unknown ones are NaN.
 PROFILE_FEATURES: tuple[str, ...] = (
@@ -51,29 +55,15 @@ NUMERIC_FEATURES: tuple[str, ...] = (
 CATEGORICAL_FEATURES: tuple[str, ...] = ("channel", "country", "currency")
 
 FloatArray = npt.NDArray[np.float32]
+Floats = npt.NDArray[np.float64]
 
-_AGGREGATE = struct.Struct("<qddq")
 _SECONDS_PER_DAY = 86_400.0
 
-
-class Aggregate(NamedTuple):
-    """Online history of one entity, as kept in the aggregates table.
-
-    A tuple: one is read and one written per entity per chunk, and tuples are
-    the cheapest objects to make and take apart.
-    """
-
-    count: int  # type: ignore[assignment]  # the field hides tuple.count, unused here
-    mean_amount: float
-    last_ts: float
-    last_offset: int
-
-    def pack(self) -> bytes:
-        return _AGGREGATE.pack(*self)
-
-    @classmethod
-    def unpack(cls, data: bytes) -> Aggregate:
-        return cls._make(_AGGREGATE.unpack(data))
+#: The history kept per entity, declared as any pipeline declares its state: one record per
+#: entity, walked by :func:`streams.pipeline.walk.walk` (the state walk of every pipeline).
+HISTORY = StateLayout(
+    {"count": Count(), "mean_amount": Mean("amount"), "since_last": SincePrevious()}, None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +102,22 @@ class RawFeatures:
 class History:
     """Each event's view of its entity's history, and the history after the chunk."""
 
-    count: list[float]
-    mean_amount: list[float]  # NaN when no earlier event
-    seconds_since_last: list[float]  # NaN when no earlier event
-    final: dict[str, Aggregate]  # entities whose history changed (or was replayed)
+    count: Floats  # events of the entity counted before this one
+    mean_amount: Floats  # their mean amount; NaN when none
+    seconds_since_last: Floats  # since the latest earlier event; NaN when none or a redelivery
+    final: dict[str, bytes]  # every entity of the chunk -> its stored history after it
+    restarted: npt.NDArray[np.bool_]  # per event: its stored history could not be decoded
 
-    def unknown(self, rows: Sequence[bool]) -> History:
+    def unknown(self, rows: npt.ArrayLike) -> History:
         """The same, with the history of the marked rows unknown (imputed by the model)."""
-        nan = math.nan
+        mask = np.asarray(rows, dtype=np.bool_)
+        nan = np.nan
         return History(
-            [nan if u else v for v, u in zip(self.count, rows, strict=True)],
-            [nan if u else v for v, u in zip(self.mean_amount, rows, strict=True)],
-            [nan if u else v for v, u in zip(self.seconds_since_last, rows, strict=True)],
+            np.where(mask, nan, self.count),
+            np.where(mask, nan, self.mean_amount),
+            np.where(mask, nan, self.seconds_since_last),
             self.final,
+            self.restarted,
         )
 
 
@@ -133,55 +126,65 @@ def roll(
     amounts: Sequence[float],
     timestamps: Sequence[float],
     offsets: Sequence[int],
-    start: Mapping[str, Aggregate | None],
+    stored: Mapping[str, bytes | None],
 ) -> History:
     """Walk a chunk of events in order, giving each event the history before it.
 
-    ``start`` holds each entity's stored history (``None`` = never seen). An
-    event whose offset is not above the stored ``last_offset`` was already
-    counted (a redelivery): it sees the current history and does not change
-    it, though the entity's state is still returned in ``final`` so that it is
-    written to the changelog again.
+    ``stored`` holds each entity's stored history (absent or ``None``: never
+    seen; a value that cannot be decoded starts over, marked in ``restarted``).
+    An event whose offset is not above the one its history last counted was
+    counted already (a redelivery): it sees the history and does not change
+    it, though the entity's history is still returned in ``final``, so that it
+    is written to the changelog again.
     """
-    # Plain lists per entity ([count, mean, last_ts, last_offset]) while walking: an
-    # Aggregate per event would cost more than the arithmetic.
-    state: dict[str, list[float] | None] = {
-        entity: None if agg is None else list(agg) for entity, agg in start.items()
-    }
-    count: list[float] = []
-    mean: list[float] = []
-    since: list[float] = []
-    count_add, mean_add, since_add = count.append, mean.append, since.append
-    nan = math.nan
-    for entity, amount, ts, offset in zip(entities, amounts, timestamps, offsets, strict=True):
-        agg = state.get(entity)
-        if agg is None:
-            count_add(0.0)
-            mean_add(nan)
-            since_add(nan)
-            state[entity] = [1, amount, ts, offset]
-            continue
-        n, avg, last_ts, last_offset = agg
-        count_add(float(n))
-        mean_add(avg)
-        if offset <= last_offset:
-            # A redelivery: its history already counts it, so the time since "the previous"
-            # event is unknown rather than 0 (which would look like a burst). The state is
-            # written again all the same: after a crash the local store can be ahead of the
-            # changelog, and this is how the changelog catches up.
-            since_add(nan)
-            continue
-        since_add(max(0.0, ts - last_ts))
-        n += 1
-        agg[0] = n
-        agg[1] = avg + (amount - avg) / n
-        agg[2] = max(ts, last_ts)
-        agg[3] = offset
-    final = {}
-    for entity in dict.fromkeys(entities):  # every entity of the chunk, in order of appearance
-        n, avg, last_ts, last_offset = state[entity]  # type: ignore[misc]
-        final[entity] = Aggregate(int(n), avg, last_ts, int(last_offset))
-    return History(count, mean, since, final)
+    n = len(entities)
+    distinct = list(dict.fromkeys(entities))
+    index = {entity: i for i, entity in enumerate(distinct)}
+    groups = np.fromiter(map(index.__getitem__, entities), dtype=np.int64, count=n)
+    records, undecodable = HISTORY.decode([stored.get(entity) for entity in distinct])
+    walked = walk(
+        HISTORY,
+        groups,
+        np.fromiter(offsets, dtype=np.int64, count=n),
+        np.fromiter(timestamps, dtype=np.float64, count=n),
+        {"amount": np.fromiter(amounts, dtype=np.float64, count=n)},
+        records,
+    )
+    state = walked.state
+    final = dict(zip(distinct, HISTORY.encode(walked.final), strict=True))
+    return History(
+        state["count"], state["mean_amount"], state["since_last"], final, undecodable[groups]
+    )
+
+
+class StoredHistory(NamedTuple):
+    """One entity's stored history, as numbers (the record itself is :data:`HISTORY`'s)."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count, unused here
+    mean_amount: float  # NaN when none
+    last_ts: float
+    last_offset: int
+
+    def pack(self) -> bytes:
+        record = HISTORY.empty(1)
+        record["seen"] = self.count
+        record["last_offset"] = self.last_offset
+        record["last_time"] = self.last_ts
+        record["count.value"] = self.count
+        record["mean_amount.sum"] = self.mean_amount * self.count if self.count else 0.0
+        record["mean_amount.weight"] = self.count
+        return HISTORY.encode(record)[0]
+
+    @classmethod
+    def unpack(cls, value: bytes) -> StoredHistory:
+        """The numbers of a stored record; ValueError if it is not one of :data:`HISTORY`."""
+        records, undecodable = HISTORY.decode([value])
+        if undecodable[0]:
+            raise ValueError("not a history record of the fraud pipeline")
+        r = records[0]
+        weight = float(r["mean_amount.weight"])
+        mean = float(r["mean_amount.sum"]) / weight if weight else math.nan
+        return cls(int(r["seen"]), mean, float(r["last_time"]), int(r["last_offset"]))
 
 
 def featurize(
@@ -210,9 +213,9 @@ def featurize(
         values = [nan if p is None else p.get(name, nan) for p in profiles]
         out[:, column] = np.log1p(np.maximum(np.asarray(values, dtype=np.float64), 0.0))
     out[:, 4] = [nan if p is None else p.get("chargeback_rate", nan) for p in profiles]
-    out[:, 7] = np.log1p(np.asarray(history.count, dtype=np.float64))
-    out[:, 8] = np.log1p(np.maximum(np.asarray(history.mean_amount, dtype=np.float64), 0.0))
-    out[:, 9] = np.log1p(np.asarray(history.seconds_since_last, dtype=np.float64))
+    out[:, 7] = np.log1p(history.count)
+    out[:, 8] = np.log1p(np.maximum(history.mean_amount, 0.0))
+    out[:, 9] = np.log1p(history.seconds_since_last)
     out[:, 10] = amount_log - out[:, 5]
     out[:, 11] = amount_log - out[:, 8]
     return RawFeatures(out.astype(np.float32), (channels, countries, currencies))

@@ -4,8 +4,8 @@ The packaged default model is trained on this data, and demos and tests feed
 it to the worker. Every draw comes from a numpy ``Generator`` seeded with the
 world's seed, so the same seed gives the same world in every process.
 
-Labels are drawn from a risk score computed with :func:`models.featurize.roll`
-and :func:`models.featurize.featurize` on the entity's *true* profile: young
+Labels are drawn from a risk score computed with :func:`pipelines.fraud.features.roll`
+and :func:`pipelines.fraud.features.featurize` on the entity's *true* profile: young
 accounts, chargebacks, amounts far above the usual, bursts seconds apart,
 night hours, web/app, foreign and rare countries. The model sees the same
 quantities (with some profile features withheld), and the Bernoulli draw is
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.featurize import NUMERIC_FEATURES, PROFILE_FEATURES, Aggregate, featurize, roll
+from pipelines.fraud.features import NUMERIC_FEATURES, PROFILE_FEATURES, featurize, roll
 
 __all__ = ["MALFORMED_KINDS", "LabeledEvent", "SyntheticWorld", "malformed_values"]
 
@@ -99,7 +99,7 @@ class SyntheticWorld:
         self._make_entities(entity_rng)
         self._clock = float(start_ts)
         self._next_offset = 0
-        self._aggregates: dict[str, Aggregate] = {}
+        self._aggregates: dict[str, bytes | None] = {}
         # Base events arrive every few seconds overall, every few hours per account.
         self._mean_gap = 6 * 3600.0 / n_entities
 

@@ -1,8 +1,8 @@
 """Train the fraud model on synthetic data and write it as an artifact.
 
 Features are built exactly as the worker builds them: events in time order
-through :func:`models.featurize.roll` (each event sees only its past) and
-:func:`models.featurize.featurize`, with the generator's profiles as the
+through :func:`pipelines.fraud.features.roll` (each event sees only its past) and
+:func:`pipelines.fraud.features.featurize`, with the generator's profiles as the
 features table. The last fifth of the stream, by time, is held out.
 
 Training is bit-for-bit reproducible on a given machine: seeded
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from models.artifact import packaged_artifacts_dir, save_artifact
-from models.featurize import RawFeatures, featurize, roll
-from models.fraud_mlp import FraudMLP
 from models.preprocess import Preprocessor, fit_spec
-from models.synthetic import SyntheticWorld
+from pipelines.fraud.features import RawFeatures, featurize, roll
+from pipelines.fraud.model import FraudMLP
+from pipelines.fraud.synthetic import SyntheticWorld
 
 __all__ = ["TrainReport", "auc", "build_features", "train"]
 
@@ -157,7 +157,7 @@ def train(
 ) -> TrainReport:
     """Train on a fresh synthetic world and write the artifact.
 
-    Without ``output`` the packaged artifact ``models/artifacts/<name>/<version>/``
+    Without ``output`` the packaged artifact ``pipelines/fraud/artifacts/<name>/<version>/``
     is (re)written. ``hidden=()`` trains the logistic-regression fallback.
     """
     started = time.perf_counter()
