@@ -71,7 +71,10 @@ def test_the_shortcut_accepts_nothing_pydantic_refuses_and_reads_the_same(value:
 
 def test_a_model_with_a_pattern_or_a_validator_is_left_to_pydantic() -> None:
     class Patterned(BaseModel):
-        key: str = Field(pattern="^a")
+        key: str = Field(pattern="^a")  # not anchored at the end: pydantic searches
+
+    class Escaped(BaseModel):
+        key: str = Field(pattern=r"^\d{3}$")  # \d: Unicode digits, engines may differ
 
     class Validated(BaseModel):
         key: str
@@ -82,9 +85,76 @@ def test_a_model_with_a_pattern_or_a_validator_is_left_to_pydantic() -> None:
             return value.upper()
 
     assert fast_decoder(Patterned) is None
+    assert fast_decoder(Escaped) is None
     assert fast_decoder(Validated) is None
     schema = EventSchema(Validated, key="key", event_id="key", time=None)
     assert schema.validate(None, b'{"key": "abc"}').key == "ABC"
+
+
+class Coded(BaseModel):
+    who: str
+    code: str = Field(pattern="^[A-Z]{3}$")
+    tag: str = Field(pattern="^x[a-z0-9_]*$")
+    sku: str = Field(pattern="^[A-Z][0-9]{2,4}$")
+
+
+CODED = EventSchema(Coded, key="who", event_id="who", time=None)
+texts = st.one_of(
+    st.text(max_size=6),
+    st.sampled_from(
+        [
+            "ABC",
+            "ABC\n",
+            "\nABC",
+            "AB",
+            "ABCD",
+            "abc",
+            "x",
+            "x_1",
+            "xY",
+            "A12",
+            "A12345",
+            "Ä12",
+            "A\u0661\u0662",  # Arabic-Indic digits
+            "ÀBC",
+        ]
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, texts, texts)
+def test_simple_patterns_are_checked_by_the_shortcut_as_pydantic_checks_them(
+    code: str, tag: str, sku: str
+) -> None:
+    assert CODED.fast is not None
+    assert len(CODED.fast.patterns) == 3
+    value = json.dumps({"who": "w", "code": code, "tag": tag, "sku": sku}).encode()
+    try:
+        fast = CODED.fast.decode(value)
+    except ValueError:
+        fast = None
+    try:
+        slow = CODED.model.model_validate_json(value)
+    except ValueError:
+        slow = None
+    assert (fast is None) == (slow is None), (code, tag, sku)
+    if fast is not None and slow is not None:
+        assert (fast.code, fast.tag, fast.sku) == (slow.code, slow.tag, slow.sku)
+    many = [value, value]
+    if fast is None:
+        with pytest.raises(ValueError):  # noqa: PT011  msgspec's or the pattern's refusal
+            CODED.fast.decode_many(many)
+    else:
+        assert len(CODED.fast.decode_many(many)) == 2
+
+
+def test_the_packaged_event_keeps_the_shortcut() -> None:
+    from pipelines.fraud.events import Event
+
+    schema = EventSchema(Event, key="entity_id", event_id="event_id", time="ts")
+    assert schema.fast is not None
+    assert [name for name, _ in schema.fast.patterns] == ["currency", "country"]
 
 
 @pytest.mark.parametrize(
