@@ -31,8 +31,8 @@ import torch
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
-from models.artifact import load_artifact
 from models.registry import resolve
+from pipelines.fraud.artifact import load_artifact
 from pipelines.fraud.events import Event
 from pipelines.fraud.features import featurize, roll
 from schemas.deadletter import dead_letter_headers

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.programs import load_program
 from models.registry import resolve
 from streams.pipeline import Pipeline, load_pipeline
 from streams.pipeline.events import Invalid
+from streams.pipeline.models import load_model
 from streams.pipeline.stage import featurize
 
 CHUNK = 1024
@@ -79,12 +79,7 @@ def probe(ref: str, n_events: int, batch: int, repeats: int, threads: int) -> di
     chunks = features()
     inputs = {k: np.concatenate([c[k] for c in chunks]) for k in pipeline.inputs}
     assert pipeline.model is not None
-    model = load_program(
-        resolve(pipeline.model),
-        pipeline=pipeline.name,
-        inputs=pipeline.describe_inputs(),
-        architectures=pipeline.architectures,
-    )
+    model = load_model(pipeline, resolve(pipeline.model))
     single = min(n, 2_000)
 
     def batched() -> None:

@@ -148,15 +148,14 @@ def run(options: Options, workdir: Path, echo: Echo) -> Results:
                 _run_config(CONFIGS[key], topics, launch, results, echo, number)
     finally:
         broker.stop()
-    if options.workload.pipeline != "fraud":
-        from benchmarks.pipeline_probe import probe
+    from benchmarks.pipeline_probe import probe
 
-        echo(f"stages of {options.workload.pipeline} without Kafka ...")
-        results.stages = probe(options.workload.pipeline, PROBE_EVENTS, PROBE_BATCH, 3, 1)
+    echo(f"stages of {options.workload.pipeline} without Kafka ...")
+    results.stages = probe(options.workload.pipeline, PROBE_EVENTS, PROBE_BATCH, 3, 1)
     return results
 
 
-#: Events and batch size of the stage probe a declared pipeline's bench ends with.
+#: Events and batch size of the stage probe the bench ends with.
 PROBE_EVENTS, PROBE_BATCH = 20_000, 256
 
 

@@ -4,10 +4,12 @@
 
 Builds chunks of the bench's synthetic input (its events, with the same share
 of its malformed records spread through them, 8 partitions, 1,000 keys),
-then times :func:`pipelines.fraud.decode.decode_events` on a clean chunk and on one
-with malformed records, and :meth:`pipelines.fraud.intake.FeatureStage.prepare` on
-the decoded events (profiles and histories in memory, as if cached), and the
-writing of their scores as JSON (:class:`schemas.scores.ScoreBatch`). It prints
+then times the fraud pipeline's validation
+(:func:`streams.scoring.declared.validate_records`) on a clean chunk and on one
+with malformed records, its whole intake
+(:meth:`streams.scoring.declared.DeclaredIntake.prepare`: validation, state and
+features, with profiles and histories in memory, as if cached), and the
+writing of the scores as JSON (:class:`schemas.scores.ScoreBatch`). It prints
 the best time per record of ``--repeats`` timings: steady on a shared machine,
 where a whole drain's rate moves by a fifth from one minute to the next.
 """
@@ -22,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.preload import InputStream, Workload
-from pipelines.fraud.decode import decode_events
-from pipelines.fraud.intake import FeatureStage
+from pipelines.fraud import pipeline as fraud
 from schemas.scores import ScoreBatch, ScoreEncoder
 from streams.kafka.emit import Outgoing
-from streams.scoring.decode import Record
+from streams.scoring.declared import DeclaredIntake, validate_records
+from streams.scoring.decode import Decoded, Record
 
 PARTITIONS = 8
 
@@ -72,11 +74,16 @@ def chunk(size: int, malformed_share: float, seed: int = 11) -> list[ProbeRecord
     ]
 
 
-def feature_stage(seed: int = 11) -> FeatureStage:
-    """Features over in-memory tables holding the bench's profiles."""
+def decode_events(records: Sequence[Record]) -> Decoded[Any]:
+    """The fraud pipeline's validation of a chunk, as the worker's intake runs it."""
+    return validate_records(fraud.schema, records)
+
+
+def feature_stage(seed: int = 11) -> DeclaredIntake:
+    """The fraud pipeline's intake over in-memory tables holding the bench's profiles."""
     stream = InputStream(Workload(1, 1_000, PARTITIONS, 0, 0.0, seed))
     profiles = {(zlib.crc32(key) % PARTITIONS, key): value for key, value in stream.profiles()}
-    return FeatureStage(MemoryState(profiles), MemoryState())  # type: ignore[arg-type]
+    return DeclaredIntake(fraud, MemoryState(profiles), MemoryState())  # type: ignore[arg-type]
 
 
 def microseconds_per_record(
@@ -116,10 +123,10 @@ def main() -> None:
     chunks = iter([_shifted(decoded.records, run * (len(records) + 1)) for run in range(runs)])
 
     def prepare() -> object:
-        return stage.prepare(next(chunks), events)
+        return stage.prepare(next(chunks))
 
     cost = microseconds_per_record(events, args.repeats, args.loops, prepare)
-    print(f"features, {len(events)} events: {cost:.2f} µs per event")
+    print(f"validation, state and features, {len(events)} events: {cost:.2f} µs per event")
     cost = microseconds_per_record(
         events, args.repeats, args.loops, lambda: encode_scores(decoded.records, events)
     )
@@ -132,7 +139,7 @@ def encode_scores(records: Sequence[Record], events: Sequence[Any]) -> list[byte
     batch = ScoreBatch()
     add = batch.add
     for record, event in zip(records, events, strict=True):
-        add(encoder, event["event_id"], event["entity_id"], 0.0123, event["ts"], 1.7e9,
+        add(encoder, event.event_id, event.entity_id, 0.0123, event.ts, 1.7e9,
             record.topic, record.partition, record.offset)  # fmt: skip
     return batch.encode()
 

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from models.artifact import verified_bytes
+from models.artifact import manifest_json, verified_bytes
 from models.errors import ArtifactError, InferenceError, InputMismatch
 from models.inputs import NamedInputs
 
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _DTYPES = {"float32", "float64", "int64", "int32", "bool"}
 
 
@@ -109,14 +108,7 @@ class ProgramManifest(BaseModel):
 
 def read_program_manifest(directory: Path) -> ProgramManifest:
     path = Path(directory) / MANIFEST
-    try:
-        if path.stat().st_size > _MAX_MANIFEST_BYTES:
-            raise ArtifactError(f"{path}: larger than {_MAX_MANIFEST_BYTES} bytes")
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; {directory} is not a model artifact") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable or not JSON ({exc})") from exc
+    data = manifest_json(directory)
     try:
         manifest = ProgramManifest.model_validate(data)
     except ValidationError as exc:

@@ -9,8 +9,8 @@ Versions order like this: versions made only of digits compare as integers
 ("10" > "9") and rank above every other version; other versions compare as
 strings ("2025-06-01" > "2025-05-31"). ``NAME`` alone means its highest version.
 
-:func:`add_artifact` is the only way into the registry: it validates an
-artifact completely (manifest, checksum, safetensors weights, a smoke batch)
+:func:`register_artifact` is the only way into the registry: it validates an
+artifact completely in its pipeline's format (manifest, checksum, weights, a smoke batch)
 before anything is written, then moves a finished copy into place with one
 ``os.rename``, so workers reading the registry never see half an artifact.
 A ``NAME:VERSION`` is immutable once added, and packaged versions cannot be
@@ -29,22 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.artifact import (
-    DEFAULT_MODEL,
-    MANIFEST,
-    NAME_PATTERN,
-    VERSION_PATTERN,
-    Manifest,
-    load_artifact,
-    packaged_roots,
-    read_manifest,
-)
+from models.artifact import DEFAULT_MODEL, MANIFEST, NAME_PATTERN, VERSION_PATTERN, packaged_roots
 from models.errors import ArtifactError
-from models.programs import ProgramManifest, read_program_manifest
+from models.formats import ArtifactManifest
 
 __all__ = [
     "Registered",
-    "add_artifact",
     "list_models",
     "parse_ref",
     "register_artifact",
@@ -158,48 +148,36 @@ class Registered:
     created: bool  # False: the same content was already there (nothing written)
 
 
-def add_artifact(source_dir: Path, registry_dir: Path) -> str:
-    """Validate the artifact in ``source_dir``, add it to ``registry_dir``; its ``NAME:VERSION``."""
-    return register_artifact(source_dir, registry_dir).ref
+#: Reads an artifact's manifest (validated; an ArtifactError saying why not).
+ManifestReader = Callable[[Path], ArtifactManifest]
+#: Loads an artifact and runs every check a model must pass; gives the manifest it loaded.
+Verifier = Callable[[Path], ArtifactManifest]
 
 
 def register_artifact(
-    source_dir: Path,
-    registry_dir: Path,
-    verify: Callable[[Path], ProgramManifest] | None = None,
+    source_dir: Path, registry_dir: Path, read: ManifestReader, verify: Verifier
 ) -> Registered:
-    """Like :func:`add_artifact`, and say whether anything was written.
+    """Validate the artifact in ``source_dir`` and add it to ``registry_dir``, saying whether
+    anything was written.
 
-    Every refusal is an :class:`ArtifactError` with one line, raised before the
-    registry changes: an incomplete or invalid manifest, a checksum mismatch,
-    weights that are not safetensors (pickle is never parsed, so never run), a
-    spec naming features the pipeline does not compute, a smoke batch without
-    finite scores in [0, 1], a packaged ``NAME:VERSION``, or an existing
-    version with other content. ``verify`` loads and smoke-tests a declared
-    pipeline's model (:func:`models.programs.load_program`) and gives its manifest.
+    ``read`` and ``verify`` are the pipeline's model format
+    (:mod:`streams.pipeline.models`). Every refusal is an :class:`ArtifactError` with
+    one line, raised before the registry changes: an incomplete or invalid manifest, a
+    checksum mismatch, weights that do not load without unpickling, inputs other than
+    the pipeline's features, a smoke batch without finite scores in [0, 1], a packaged
+    ``NAME:VERSION``, or an existing version with other content.
     """
-    # Imported here: the smoke batch pulls in the synthetic generator, which
-    # resolving a reference (the worker's path) does not need.
-    from models.smoke import check_smoke
-
     source = Path(source_dir)
     if not source.is_dir():
         raise ArtifactError(f"{source} is not a directory holding a model artifact")
-    reader: Callable[[Path], Manifest | ProgramManifest]
-    if verify is None:
-        manifest: Manifest | ProgramManifest = read_manifest(source)
-        reader = read_manifest
-    else:
-        manifest, reader = read_program_manifest(source), read_program_manifest
+    manifest, reader = read(source), read
     ref = manifest.ref
     if any((root / manifest.name / manifest.version / MANIFEST).is_file()
            for root in packaged_roots()):  # fmt: skip
         raise ArtifactError(
             f"{ref} is a packaged model and cannot be replaced; give the artifact another version"
         )
-    if verify is None:
-        check_smoke(load_artifact(source, "cpu"))
-    elif verify(source) != manifest:
+    if verify(source) != manifest:
         raise ArtifactError(f"{source} changed while it was being checked; nothing was added")
     registry = Path(registry_dir)
     target = registry / manifest.name / manifest.version
@@ -232,12 +210,12 @@ def register_artifact(
 def _existing(
     ref: str,
     target: Path,
-    manifest: Manifest | ProgramManifest,
-    reader: Callable[[Path], Manifest | ProgramManifest],
+    manifest: ArtifactManifest,
+    reader: ManifestReader,
 ) -> Registered:
     """An add of a version that exists: a no-op if the content is the same, else refused."""
     try:
-        present: Manifest | ProgramManifest | None = reader(target)
+        present: ArtifactManifest | None = reader(target)
         assert present is not None
         same_weights = _sha256(target / present.weights) == manifest.sha256
     except (ArtifactError, OSError):
@@ -253,8 +231,8 @@ def _existing(
 def _stage(
     source: Path,
     staging: Path,
-    manifest: Manifest | ProgramManifest,
-    reader: Callable[[Path], Manifest | ProgramManifest],
+    manifest: ArtifactManifest,
+    reader: ManifestReader,
 ) -> None:
     """Copy the manifest and the weights, durably, and check the copy is what was validated."""
     for name in (MANIFEST, manifest.weights):

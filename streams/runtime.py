@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from confluent_kafka import OFFSET_BEGINNING
 
-from models.programs import load_program
-from pipelines.fraud.intake import FeatureStage, FraudIntake
+from models.execution import ExecutionOptions
 from schemas.rollout import PlanError, RolloutPlan
 from streams.errors import BrokerError, ConfigError
 from streams.kafka.bulk import BulkConsumer, Sink
@@ -29,14 +28,14 @@ from streams.kafka.topics import Cluster, prepare_topics
 from streams.kafka.transactions import ExactlyOnce, TransactionalEmitter
 from streams.metrics import Metrics
 from streams.pipeline.declare import Pipeline
-from streams.pipeline.loader import DEFAULT_PIPELINE, load_pipeline
+from streams.pipeline.loader import load_pipeline
+from streams.pipeline.models import load_model
 from streams.rollout.control import ensure_control_topic, read_plan_and_end
 from streams.rollout.plans import Models, PlanFollower
 from streams.scoring.agent import ScoringPipeline
 from streams.scoring.deadletters import DeadLetterSink
 from streams.scoring.declared import DeclaredIntake
 from streams.scoring.inference import Inference, resolve_device
-from streams.scoring.intake import IntakeStage
 from streams.scoring.ladder import BreakerState, Ladder
 from streams.scoring.profiles import FeaturePipeline
 from streams.scoring.router import Deployment
@@ -63,10 +62,8 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def served_pipeline(settings: Settings) -> Pipeline | None:
-    """The declared pipeline the worker serves (None: the built-in ``fraud``)."""
-    if settings.pipeline == DEFAULT_PIPELINE:
-        return None
+def served_pipeline(settings: Settings) -> Pipeline:
+    """The pipeline the worker serves (``STREAMSCORE_PIPELINE``)."""
     return load_pipeline(settings.pipeline)
 
 
@@ -80,30 +77,21 @@ def served_model(settings: Settings, pipeline: Pipeline) -> str:
     return ref
 
 
-def for_pipeline(settings: Settings) -> Settings:
-    """The settings as a worker of the configured pipeline reads them.
-
-    The default fallback model (``fraud-lr:1``) is the built-in pipeline's: a
-    declared pipeline has a fallback only when one is configured.
-    """
-    if settings.pipeline == DEFAULT_PIPELINE or "fallback_model" in settings.model_fields_set:
+def for_pipeline(settings: Settings, pipeline: Pipeline) -> Settings:
+    """The settings as a worker of ``pipeline`` reads them: its own fallback model unless
+    ``STREAMSCORE_FALLBACK_MODEL`` names one (or, empty, none)."""
+    if "fallback_model" in settings.model_fields_set:
         return settings
-    return settings.model_copy(update={"fallback_model": None})
+    return settings.model_copy(update={"fallback_model": pipeline.fallback})
 
 
-def program_loader(pipeline: Pipeline) -> Callable[[Path, torch.device], Inference]:
+def program_loader(
+    pipeline: Pipeline, execution: ExecutionOptions | None = None
+) -> Callable[[Path, torch.device], Inference]:
     """Loads a model of ``pipeline``: its format, and its inputs checked against the features."""
 
     def load(path: Path, device: torch.device) -> Inference:
-        return Inference(
-            load_program(
-                path,
-                pipeline=pipeline.name,
-                inputs=pipeline.describe_inputs(),
-                architectures=pipeline.architectures,
-                device=device,
-            )
-        )
+        return Inference(load_model(pipeline, path, device, execution))
 
     return load
 
@@ -112,7 +100,8 @@ class Runtime:
     """The worker's pipeline objects and health."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        settings = for_pipeline(settings)
+        self.pipeline = served_pipeline(settings)
+        settings = for_pipeline(settings, self.pipeline)
         self.settings = settings
         self.metrics = metrics or Metrics.create()
         self.flow = Flow(settings.max_in_flight, self.metrics)
@@ -143,17 +132,14 @@ class Runtime:
         await loop.run_in_executor(None, ensure_control_topic, settings)
         plan, plan_error, follow_from = await loop.run_in_executor(None, _read_plan, settings)
         device = resolve_device(settings.device)
-        served = served_pipeline(settings)
-        if served is None:
-            models = Models(settings, device, self.metrics, default=settings.model)
-        else:
-            models = Models(
-                settings,
-                device,
-                self.metrics,
-                program_loader(served),
-                served_model(settings, served),
-            )
+        served = self.pipeline
+        models = Models(
+            settings,
+            device,
+            self.metrics,
+            program_loader(served, settings.execution()),
+            served_model(settings, served),
+        )
         self.plans = PlanFollower(settings, self.metrics, models, self._install)
         deployment = await self.plans.start(plan, plan_error)
 
@@ -205,11 +191,7 @@ class Runtime:
             on_fatal=fatal,
         )
         profiles = TableState(profiles_table)
-        intake: IntakeStage
-        if served is None:
-            intake = FraudIntake(FeatureStage(profiles, TableState(history_table)))
-        else:
-            intake = DeclaredIntake(served, profiles, TableState(history_table))
+        intake = DeclaredIntake(served, profiles, TableState(history_table))
         self.scoring = ScoringPipeline(
             flow=self.flow,
             intake=intake,

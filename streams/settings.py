@@ -123,8 +123,9 @@ class Settings(BaseSettings):
 
     # -- overload and failure -------------------------------------------------------------
     fallback_model: str | None = Field(
-        "fraud-lr:1",
-        description="lighter model scoring when the primary cannot (empty: none)",
+        None,
+        description="lighter model scoring when the primary cannot (unset: the pipeline's "
+        "own, fraud-lr:1 for fraud; empty: none)",
     )
     default_score: float | None = Field(
         0.5,

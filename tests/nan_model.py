@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from models.artifact import load_artifact, save_artifact
 from models.registry import resolve
+from pipelines.fraud.artifact import load_artifact, save_artifact
 from pipelines.fraud.model import FraudMLP
 
 

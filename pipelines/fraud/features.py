@@ -4,7 +4,7 @@ Training (``pipelines.fraud.train``) and the worker (``pipelines.fraud.intake``)
 events into model input with :func:`featurize`, so the two cannot drift apart.
 Raw features come out untransformed apart from fixed log/ratio maps; a model's
 own preprocessing (normalisation, imputation, one-hot) is in its manifest and
-applied by :mod:`models.preprocess`.
+applied by :mod:`pipelines.fraud.preprocess`.
 
 Per-entity history (count, mean amount, time since the previous event) is
 state declared with the pipeline API (:data:`HISTORY`) and walked by the same
@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.fraud.events import CHANNELS
+from streams.pipeline.declare import Batch
 from streams.pipeline.state import Count, Mean, SincePrevious, StateLayout
 from streams.pipeline.walk import walk
 
@@ -56,14 +59,16 @@ CATEGORICAL_FEATURES: tuple[str, ...] = ("channel", "country", "currency")
 
 FloatArray = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+#: Text values of one column: a list, or the object array a Batch holds.
+Texts = Sequence[str] | np.ndarray
 
 _SECONDS_PER_DAY = 86_400.0
 
 #: The history kept per entity, declared as any pipeline declares its state: one record per
 #: entity, walked by :func:`streams.pipeline.walk.walk` (the state walk of every pipeline).
-HISTORY = StateLayout(
-    {"count": Count(), "mean_amount": Mean("amount"), "since_last": SincePrevious()}, None
-)
+STATE = {"count": Count(), "mean_amount": Mean("amount"), "since_last": SincePrevious()}
+HISTORY = StateLayout(STATE, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,25 +202,106 @@ def featurize(
     history: History,
 ) -> RawFeatures:
     """Raw features of a chunk of events (columns as in :data:`NUMERIC_FEATURES`)."""
+    nan = math.nan
+    profile = {
+        name: np.array([nan if p is None else p.get(name, nan) for p in profiles], np.float64)
+        for name in PROFILE_FEATURES
+    }
+    numeric = numeric_features(
+        np.asarray(amounts, dtype=np.float64),
+        np.asarray(timestamps, dtype=np.float64),
+        profile,
+        history.count,
+        history.mean_amount,
+        history.seconds_since_last,
+    )
+    return RawFeatures(numeric, (channels, countries, currencies))
+
+
+def numeric_features(
+    amounts: Floats,
+    timestamps: Floats,
+    profile: Mapping[str, Floats],
+    count: Floats,
+    mean_amount: Floats,
+    since_last: Floats,
+) -> FloatArray:
+    """The numeric features of a chunk (columns as in :data:`NUMERIC_FEATURES`), float32."""
     n = len(amounts)
     out = np.empty((n, len(NUMERIC_FEATURES)), dtype=np.float64)
-    amount_log = np.log1p(np.asarray(amounts, dtype=np.float64))
-    angle = (
-        np.asarray(timestamps, dtype=np.float64)
-        % _SECONDS_PER_DAY
-        * (2 * math.pi / _SECONDS_PER_DAY)
-    )
+    amount_log = np.log1p(amounts)
+    angle = timestamps % _SECONDS_PER_DAY * (2 * math.pi / _SECONDS_PER_DAY)
     out[:, 0] = amount_log
     out[:, 1] = np.sin(angle)
     out[:, 2] = np.cos(angle)
-    nan = math.nan
     for column, name in ((3, "account_age_days"), (5, "avg_amount_30d"), (6, "txn_count_30d")):
-        values = [nan if p is None else p.get(name, nan) for p in profiles]
-        out[:, column] = np.log1p(np.maximum(np.asarray(values, dtype=np.float64), 0.0))
-    out[:, 4] = [nan if p is None else p.get("chargeback_rate", nan) for p in profiles]
-    out[:, 7] = np.log1p(history.count)
-    out[:, 8] = np.log1p(np.maximum(history.mean_amount, 0.0))
-    out[:, 9] = np.log1p(history.seconds_since_last)
+        out[:, column] = np.log1p(np.maximum(profile[name], 0.0))
+    out[:, 4] = profile["chargeback_rate"]
+    out[:, 7] = np.log1p(count)
+    out[:, 8] = np.log1p(np.maximum(mean_amount, 0.0))
+    out[:, 9] = np.log1p(since_last)
     out[:, 10] = amount_log - out[:, 5]
     out[:, 11] = amount_log - out[:, 8]
-    return RawFeatures(out.astype(np.float32), (channels, countries, currencies))
+    return out.astype(np.float32)
+
+
+#: Codes of the channels; a country's or a currency's code is its letters read in base 26.
+CHANNEL_CODES: dict[str, int] = {channel: i for i, channel in enumerate(CHANNELS)}
+#: How many codes each categorical feature has (a code of -1 is a value outside them).
+CODE_SPACES: tuple[int, ...] = (len(CHANNELS), 26**2, 26**3)
+_LETTERS = {"country": 2, "currency": 3}
+
+
+def letter_codes(values: Texts, width: int) -> Ints:
+    """Each value's ``width`` upper-case ASCII letters read as a base-26 number; -1 for any
+    other value (one C pass: the values as fixed-width UCS-4, read as integers)."""
+    n = len(values)
+    chars = np.array(values, dtype=f"U{width + 1}").view(np.uint32).reshape(n, width + 1)
+    letters = chars[:, :width].astype(np.int64) - 65
+    valid = ((letters >= 0) & (letters < 26)).all(axis=1) & (chars[:, width] == 0)
+    codes = letters @ (26 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+    return np.where(valid, codes, -1)
+
+
+def category_codes(name: str, values: Texts) -> Ints:
+    """The codes of one categorical feature's values (-1 for a value outside its codes)."""
+    if name == "channel":
+        return np.fromiter(map(CHANNEL_CODES.get, values, repeat(-1)), np.int64, len(values))
+    return letter_codes(values, _LETTERS[name])
+
+
+def encode_categorical(
+    channels: Texts,
+    countries: Texts,
+    currencies: Texts,
+) -> Ints:
+    """The categorical model input: ``(n, 3)`` int64 codes, in :data:`CATEGORICAL_FEATURES`
+    order."""
+    out = np.empty((len(channels), len(CATEGORICAL_FEATURES)), dtype=np.int64)
+    for column, values in enumerate((channels, countries, currencies)):
+        out[:, column] = category_codes(CATEGORICAL_FEATURES[column], values)
+    return out
+
+
+def features(batch: Batch) -> dict[str, np.ndarray]:
+    """The pipeline's feature function: a chunk of events, each with the history before it,
+    to the raw ``numeric`` features (NaN: unknown, the model imputes) and ``categorical``
+    codes; each model's manifest says how it standardises and one-hot encodes them.
+    Same columns as :func:`featurize` gives training (a test holds them equal)."""
+    count, mean, since = (batch.state[name] for name in ("count", "mean_amount", "since_last"))
+    if batch.unknown is not None and batch.unknown.any():
+        # History that could not be read is unknown (imputed), not "never seen".
+        count, mean, since = (np.where(batch.unknown, np.nan, a) for a in (count, mean, since))
+    return {
+        "numeric": numeric_features(
+            batch.columns["amount"].astype(np.float64, copy=False),
+            batch.time,
+            batch.profile,
+            count,
+            mean,
+            since,
+        ),
+        "categorical": encode_categorical(
+            batch.columns["channel"], batch.columns["country"], batch.columns["currency"]
+        ),
+    }

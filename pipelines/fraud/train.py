@@ -26,10 +26,10 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from models.artifact import packaged_artifacts_dir, save_artifact
-from models.preprocess import Preprocessor, fit_spec
+from pipelines.fraud.artifact import packaged_artifacts_dir, save_artifact
 from pipelines.fraud.features import RawFeatures, featurize, roll
 from pipelines.fraud.model import FraudMLP
+from pipelines.fraud.preprocess import Preprocessor, fit_spec
 from pipelines.fraud.synthetic import SyntheticWorld
 
 __all__ = ["TrainReport", "auc", "build_features", "train"]

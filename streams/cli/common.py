@@ -35,11 +35,6 @@ def served_pipeline_or_exit(settings: Settings) -> None:
 
     try:
         declared = served_pipeline(settings)
-        if declared is None:  # the built-in fraud pipeline
-            from pipelines.fraud.events import Event
-
-            check_rules(settings.routing_rules, Event, settings.pipeline)
-            return
         ref = served_model(settings, declared)
         check_rules(settings.routing_rules, declared.event, declared.name)
     except ConfigError as exc:

@@ -8,9 +8,7 @@ through ``models add``, which validates it completely first (see
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -33,35 +31,22 @@ def add(directory: Path, pipeline_ref: str | None) -> None:
     A model is checked against the pipeline it is added for (STREAMSCORE_PIPELINE
     or --pipeline): made for it, taking exactly the inputs its features produce.
     """
-    from models.programs import load_program
-    from models.registry import register_artifact
+    from streams.pipeline.models import register_model
 
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         fail(f"{directory} {what}; give the directory of a model artifact", EXIT_USAGE)
     settings = settings_or_exit()
-    chosen = pipeline_ref if pipeline_ref is not None else settings.pipeline
+    declared = pipeline_or_exit(pipeline_ref if pipeline_ref is not None else settings.pipeline)
     made_for = _made_for(directory)
-    verify: Callable[[Path], Any] | None = None
-    if chosen == "fraud":
-        if made_for not in (None, "fraud"):
-            fail(
-                f"cannot add {directory}: it was made for pipeline {made_for!r}, not 'fraud'",
-                EXIT_USAGE,
-            )
-    else:
-        declared = pipeline_or_exit(chosen)
-
-        def verify(source: Path) -> Any:
-            return load_program(
-                source,
-                pipeline=declared.name,
-                inputs=declared.describe_inputs(),
-                architectures=declared.architectures,
-            ).manifest
+    if made_for not in (None, declared.name):
+        fail(
+            f"cannot add {directory}: it was made for pipeline {made_for!r}, not {declared.name!r}",
+            EXIT_USAGE,
+        )
 
     try:
-        registered = register_artifact(directory, settings.registry_dir, verify)
+        registered = register_model(declared, directory, settings.registry_dir)
     except InputMismatch as exc:
         fail(f"cannot add {directory}: {exc}", EXIT_USAGE)
     except ModelError as exc:
@@ -110,8 +95,8 @@ def list_() -> None:
 )
 def cascade(first: str, escalation: str, low: float, high: float, events: int, seed: int) -> None:
     """What escalating the uncertain band to a heavier model costs and buys (AUC, events/s)."""
-    from models.cascade import evaluate_cascade
     from models.registry import resolve
+    from pipelines.fraud.cascade import evaluate_cascade
 
     if low > high:
         fail("--low must not be above --high", EXIT_USAGE)

@@ -59,8 +59,8 @@ def check(pipeline_ref: str | None, model_ref: str | None, file: IO[bytes]) -> N
     {"line", "stage", "error"} on stderr.
     """
     from models.errors import ModelError
-    from models.programs import load_program
     from models.registry import resolve
+    from streams.pipeline.models import load_model
     from streams.pipeline.offline import run_lines
 
     declared = pipeline_or_exit(pipeline_ref)
@@ -69,12 +69,7 @@ def check(pipeline_ref: str | None, model_ref: str | None, file: IO[bytes]) -> N
     if ref is None:
         fail(f"pipeline {declared.name!r} names no default model: give --model", EXIT_USAGE)
     try:
-        model = load_program(
-            resolve(ref, settings.registry_dir),
-            pipeline=declared.name,
-            inputs=declared.describe_inputs(),
-            architectures=declared.architectures,
-        )
+        model = load_model(declared, resolve(ref, settings.registry_dir))
     except ModelError as exc:
         fail(f"model {ref}: {exc}", EXIT_USAGE)
     name, version = model.manifest.name, model.manifest.version

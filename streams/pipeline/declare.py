@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
+from models.formats import ModelFormat
 from streams.pipeline.errors import PipelineError
 from streams.pipeline.events import Column, EventSchema
 from streams.pipeline.state import Aggregate, StateLayout, Window
@@ -37,10 +38,12 @@ _NAME = r"^[a-z0-9][a-z0-9_-]*$"
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """One named model input: its dtype and its shape per event (the batch dimension
-    comes first and is left out here)."""
+    comes first and is left out here). ``finite=False``: NaN and infinities are values
+    the model handles itself (it imputes them), not a reason to refuse the event."""
 
     dtype: Dtype = "float32"
     shape: tuple[int, ...] = ()
+    finite: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -66,7 +69,10 @@ class Batch:
     Every array has one row per event, in the chunk's order. ``state`` holds each
     declared aggregate as it was just before the event; ``window`` the entity's
     last events before it (``(n, size, fields)``, most recent last, zero-padded
-    at the front) and ``length`` how many of those are real.
+    at the front) and ``length`` how many of those are real. ``unknown`` marks the
+    events whose entity's stored state could not be read or decoded: their state
+    is walked from empty (the event is scored, degraded), and a feature function
+    may rather treat it as unknown (NaN for a model that imputes).
     """
 
     columns: Mapping[str, Column]
@@ -75,6 +81,7 @@ class Batch:
     window: npt.NDArray[np.float64] | None
     length: npt.NDArray[np.int64] | None
     profile: Mapping[str, npt.NDArray[np.float64]]
+    unknown: npt.NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return len(self.time)
@@ -89,6 +96,7 @@ class Batch:
             None if self.window is None else self.window[cut],
             None if self.length is None else self.length[cut],
             {k: v[cut] for k, v in self.profile.items()},
+            None if self.unknown is None else self.unknown[cut],
         )
 
     def __getitem__(self, name: str) -> Column:
@@ -112,11 +120,15 @@ class Pipeline:
     aggregates per entity, ``window``: the entity's last events. ``profile``:
     numeric features the features topic carries per entity. ``features``: a
     function from a :class:`Batch` to the named model ``inputs``. ``model``:
-    the default model reference; ``architectures``: the classes that
+    the default model reference; ``fallback``: the lighter model the ladder falls back
+    to when the primary cannot score (``STREAMSCORE_FALLBACK_MODEL`` overrides it;
+    None: no fallback model); ``architectures``: the classes that
     safetensors artifacts of this pipeline may name; ``trainer``: what
     ``streamscore train`` runs for it (output directory, seed -> metrics);
     ``sample``: the events ``streamscore demo`` replays when given no file (JSON
-    values, in the order to publish them).
+    values, in the order to publish them). ``model_format``: how its artifacts are
+    read and loaded, for a pipeline whose models are neither ``torch.export``
+    programs nor safetensors of a declared architecture.
     """
 
     name: str
@@ -126,6 +138,7 @@ class Pipeline:
     features: FeatureFunction
     inputs: Mapping[str, Tensor]
     model: str | None = None
+    fallback: str | None = None
     time: str | None = None
     state: Mapping[str, Aggregate] = field(default_factory=dict)
     window: Window | None = None
@@ -134,6 +147,7 @@ class Pipeline:
     description: str = ""
     trainer: Callable[[Path, int], Mapping[str, float]] | None = None
     sample: Callable[[], Sequence[bytes]] | None = None
+    model_format: ModelFormat | None = None
 
     def __post_init__(self) -> None:
         import re
@@ -170,8 +184,9 @@ class Pipeline:
     def model_inputs(self, batch: Batch) -> tuple[dict[str, np.ndarray], npt.NDArray[np.bool_]]:
         """The features of ``batch`` as the declared inputs, and which rows are unusable.
 
-        A row is unusable when one of its float inputs is NaN or infinite: it
-        cannot be scored, and becomes a dead letter of the ``features`` stage.
+        A row is unusable when one of its float inputs is NaN or infinite (an input
+        declared ``finite=False`` excepted): it cannot be scored, and becomes a dead
+        letter of the ``features`` stage.
         A function that returns the wrong names, dtypes or shapes is a
         :class:`PipelineError` (a bug in the pipeline, not in an event).
         """
@@ -207,7 +222,7 @@ class Pipeline:
                     f"pipeline {self.name!r}: input {name!r} is {array.dtype}, not numeric"
                 )
             array = array.astype(spec.numpy_dtype, copy=False)
-            if array.dtype.kind == "f" and n:
+            if array.dtype.kind == "f" and n and spec.finite:
                 bad |= ~np.isfinite(array.reshape(n, -1)).all(axis=1)
             out[name] = array
         return out, bad

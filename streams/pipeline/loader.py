@@ -26,14 +26,11 @@ __all__ = [
 #: The pipeline every command runs unless told otherwise.
 DEFAULT_PIPELINE = "fraud"
 _ROOT = Path(__file__).resolve().parents[2] / "pipelines"
-#: Packaged pipelines still served by the product's built-in path (no declaration yet).
-BUILT_IN = frozenset({"fraud"})
 
 
 def packaged_pipelines() -> list[str]:
     """The names of the packaged pipelines."""
-    declared = {p.name for p in _ROOT.iterdir() if (p / "__init__.py").is_file()}
-    return sorted(declared | BUILT_IN)
+    return sorted(p.name for p in _ROOT.iterdir() if (p / "__init__.py").is_file())
 
 
 def packaged_artifacts(ref: str) -> Path | None:
@@ -48,11 +45,6 @@ def load_pipeline(ref: str) -> Pipeline:
     """The pipeline ``ref`` names; a :class:`PipelineError` saying why when it cannot."""
     ref = ref.strip()
     if ":" not in ref:
-        if ref in BUILT_IN:
-            raise PipelineError(
-                f"pipeline {ref!r} is served by the worker's built-in path and has no "
-                "declaration for this command yet"
-            )
         if ref not in packaged_pipelines():
             raise PipelineError(
                 f"unknown pipeline {ref!r}: a packaged one ({', '.join(packaged_pipelines())}) "

@@ -22,7 +22,7 @@ from streams.pipeline.errors import PipelineError
 from streams.pipeline.events import Column
 from streams.pipeline.walk import walk
 
-__all__ = ["NON_FINITE", "Featurized", "ProfileRead", "StateRead", "featurize"]
+__all__ = ["NON_FINITE", "UNREADABLE", "Featurized", "ProfileRead", "StateRead", "featurize"]
 
 Bools = npt.NDArray[np.bool_]
 
@@ -34,15 +34,19 @@ class Featurized:
     inputs: dict[str, np.ndarray]  # name -> (n, *shape), the declared dtype
     unusable: Bools  # rows that cannot be scored (``failures`` says why)
     failures: dict[int, str]  # row -> why it has no features
-    restarted: Bools  # rows whose stored state could not be decoded (scored degraded)
+    restarted: Bools  # rows whose stored state could not be read or decoded (scored degraded)
     time: npt.NDArray[np.float64]  # each event's time, epoch seconds
     columns: dict[str, Column]  # the events' fields, as the feature function read them
     entities: list[str]  # the distinct entities of the chunk, in first-seen order
     writes: list[bytes]  # each one's state after the chunk
 
 
-#: Reads the stored state of distinct entities (None: never seen).
+#: Reads the stored state of distinct entities (None: never seen; :data:`UNREADABLE`: the
+#: store failed for it).
 StateRead = Callable[[list[str]], Sequence[bytes | None]]
+#: What a state read gives for an entity the store failed to read: like a record that
+#: cannot be decoded, walked from empty and marked unknown (no record is empty).
+UNREADABLE = b""
 #: Reads the profile features of distinct entities: name -> one value each (NaN: unknown).
 ProfileRead = Callable[[list[str]], Mapping[str, npt.NDArray[np.float64]]]
 
@@ -79,10 +83,11 @@ def featurize(
     else:
         per_entity = profile(distinct)
         profiles = {name: per_entity[name][groups] for name in pipeline.profile}
-    batch = Batch(columns, time, walked.state, walked.window, walked.length, profiles)
+    unknown = undecodable[groups]
+    batch = Batch(columns, time, walked.state, walked.window, walked.length, profiles, unknown)
     inputs, unusable, failures = _features(pipeline, batch)
     return Featurized(
-        inputs, unusable, failures, undecodable[groups], time, columns, distinct,
+        inputs, unusable, failures, unknown, time, columns, distinct,
         layout.encode(walked.final),
     )  # fmt: skip
 

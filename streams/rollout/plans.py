@@ -59,16 +59,14 @@ class Models:
         settings: Settings,
         device: torch.device,
         metrics: Metrics,
-        loader: Callable[[Path, torch.device], Inference] | None = None,
+        loader: Callable[[Path, torch.device], Inference],
         default: str | None = None,
     ) -> None:
         self.settings = settings
         self.device = device
         self.metrics = metrics
-        #: Loads one artifact for the served pipeline (default: the built-in pipeline's).
-        self.loader = loader or (
-            lambda path, device: Inference.load(path, device, settings.execution())
-        )
+        #: Loads one artifact for the served pipeline, in its format.
+        self.loader = loader
         self.default = default  # what no reference means (None: the packaged default model)
         self._loaded: dict[Path, Inference] = {}
 

@@ -15,10 +15,11 @@ with the state table in place of a dict:
   is a dead letter of stage ``features``; it still counts in its entity's
   state, as it does in ``pipeline check``.
 
-State that cannot be read degrades instead of dead-lettering, as for the
-built-in pipeline: a store that raises leaves those entities' state unknown
-for the chunk (walked from empty, never written back), and a stored record
-that cannot be decoded (another declaration's, or corrupt) starts over.
+State that cannot be read degrades instead of dead-lettering (a score on partly
+imputed features is worth more than none): a store that raises leaves those
+entities' state unknown for the chunk (walked from empty, marked ``unknown`` in
+the batch, never written back), and a stored record that cannot be decoded
+(another declaration's, or corrupt) is unknown too, and starts over.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +39,9 @@ from models.inputs import NamedInputs
 from streams.kafka.tables import TableState
 from streams.kafka.undecodable import UndecodableRecord
 from streams.pipeline.declare import Pipeline
-from streams.pipeline.events import Invalid
-from streams.pipeline.stage import featurize
-from streams.scoring.decode import DeadLetter, Record
+from streams.pipeline.events import EventSchema, Invalid
+from streams.pipeline.stage import UNREADABLE, featurize
+from streams.scoring.decode import DeadLetter, Decoded, Record
 from streams.scoring.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,8 @@ class DeclaredIntake:
         return self._state
 
     def prepare(self, records: Sequence[Record]) -> Intake:
-        dead: list[DeadLetter] = []
-        events, kept = self._validate(records, dead)
+        decoded = validate_records(self.pipeline.schema, records)
+        events, kept, dead = decoded.items, decoded.records, decoded.dead
         if not events:
             return Intake.dead_only(dead)
         n = len(events)
@@ -76,7 +78,8 @@ class DeclaredIntake:
         seconds = [0.0]
 
         def read(table: TableState, distinct: list[str]) -> list[bytes | None]:
-            """Stored values of ``distinct`` entities: one multi-get per partition."""
+            """Stored values of ``distinct`` entities: one multi-get per partition
+            (:data:`UNREADABLE` for those of a partition whose read failed)."""
             values: list[bytes | None] = [None] * len(distinct)
             by_partition: dict[int, list[int]] = {}
             for i, entity in enumerate(distinct):
@@ -93,6 +96,7 @@ class DeclaredIntake:
                         degraded.setdefault(distinct[i], "state_unreadable")
                         if table is self._state:
                             unreadable.add(distinct[i])
+                            values[i] = UNREADABLE
                     continue
                 for i, value in zip(rows, found, strict=True):
                     values[i] = value
@@ -162,28 +166,28 @@ class DeclaredIntake:
             seconds[0],
         )  # fmt: skip
 
-    def _validate(
-        self, records: Sequence[Record], dead: list[DeadLetter]
-    ) -> tuple[list[object], list[Record]]:
-        """The chunk's valid events, with their records (in order); the rest dead letters."""
-        schema = self.pipeline.schema
-        if UndecodableRecord in set(map(type, records)):
-            checked: list[object] = []
-            for record in records:
-                if type(record) is UndecodableRecord:
-                    checked.append(Invalid("decode", "UnicodeDecodeError", record.reason))
-                else:
-                    checked.append(schema.validate(record.key, record.value, keyed=True))
-        else:
-            checked = schema.validate_many(list(map(_KEY, records)), list(map(_VALUE, records)))
-        if Invalid not in set(map(type, checked)):
-            return checked, list(records)
-        events: list[object] = []
-        kept: list[Record] = []
-        for record, item in zip(records, checked, strict=True):
-            if isinstance(item, Invalid):
-                dead.append(DeadLetter(record, item.stage, item.error_class, item.message))
+
+def validate_records(schema: EventSchema, records: Sequence[Record]) -> Decoded[Any]:
+    """A chunk's valid events, with their records (in order); the rest dead letters of
+    stage ``decode`` or ``validate``, each with its reason."""
+    if UndecodableRecord in set(map(type, records)):
+        checked: list[object] = []
+        for record in records:
+            if type(record) is UndecodableRecord:
+                checked.append(Invalid("decode", "UnicodeDecodeError", record.reason))
             else:
-                events.append(item)
-                kept.append(record)
-        return events, kept
+                checked.append(schema.validate(record.key, record.value, keyed=True))
+    else:
+        checked = schema.validate_many(list(map(_KEY, records)), list(map(_VALUE, records)))
+    if Invalid not in set(map(type, checked)):
+        return Decoded(list(records), checked, [])
+    dead: list[DeadLetter] = []
+    events: list[object] = []
+    kept: list[Record] = []
+    for record, item in zip(records, checked, strict=True):
+        if isinstance(item, Invalid):
+            dead.append(DeadLetter(record, item.stage, item.error_class, item.message))
+        else:
+            events.append(item)
+            kept.append(record)
+    return Decoded(kept, events, dead)

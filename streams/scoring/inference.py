@@ -25,8 +25,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.artifact import load_artifact
-from models.execution import ExecutionOptions
 from models.inputs import ModelInput
 from streams.errors import ConfigError, InferenceError, NonFiniteScore
 from streams.threads import DaemonThread
@@ -57,8 +55,8 @@ def default_torch_threads() -> int:
 
 
 class ScoringModel(Protocol):
-    """A loaded model of any format (:class:`models.artifact.LoadedModel`, a fraud model, or
-    :class:`models.programs.LoadedProgram`, a declared pipeline's)."""
+    """A loaded model of any format (:class:`models.programs.LoadedProgram`, or what a
+    pipeline's own :class:`~models.formats.ModelFormat` loads)."""
 
     @property
     def name(self) -> str: ...
@@ -91,15 +89,6 @@ class Inference:
         self.model = model
         self.threads = threads or default_torch_threads()
         self._thread = DaemonThread(f"streamscore-model-{model.name}")
-
-    @classmethod
-    def load(
-        cls,
-        path: os.PathLike[str] | str,
-        device: torch.device,
-        execution: ExecutionOptions | None = None,
-    ) -> Inference:
-        return cls(load_artifact(path, device, execution))
 
     @property
     def device(self) -> torch.device:

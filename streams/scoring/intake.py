@@ -1,9 +1,8 @@
 """What the first stages make of a fetched chunk, whatever the pipeline: the
 :class:`Intake` the scoring agent batches, scores and emits.
 
-A pipeline's intake (:class:`streams.scoring.declared.DeclaredIntake` for a
-declared pipeline, :class:`pipelines.fraud.intake.FraudIntake` for the
-built-in one) decodes and validates the records, reads and walks their
+A pipeline's intake (:class:`streams.scoring.declared.DeclaredIntake`, the same
+for every pipeline) decodes and validates the records, reads and walks their
 entities' state and computes the model input. The agent never looks inside
 an event: it needs each one's id, entity and time for its score, and the
 model input, rows in the events' order.

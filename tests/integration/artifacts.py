@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from models.artifact import MANIFEST, packaged_artifacts_dir
+from models.artifact import MANIFEST
+from pipelines.fraud.artifact import packaged_artifacts_dir
 
 
 def renamed(target: Path, name: str, version: str, source: str = "fraud-deep/1") -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.artifact import load_artifact, packaged_artifacts_dir
+from pipelines.fraud.artifact import load_artifact, packaged_artifacts_dir
 from pipelines.fraud.synthetic import SyntheticWorld
 from pipelines.fraud.train import build_features
 

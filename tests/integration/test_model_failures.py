@@ -10,8 +10,8 @@ import orjson
 import pytest
 import torch
 
-from models.artifact import load_artifact, save_artifact
 from models.registry import resolve
+from pipelines.fraud.artifact import load_artifact, save_artifact
 from pipelines.fraud.model import FraudMLP
 from schemas import deadletter
 from streams.harness import metric_value

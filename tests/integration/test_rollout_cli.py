@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
-from models.artifact import packaged_artifacts_dir
+from pipelines.fraud.artifact import packaged_artifacts_dir
 from schemas.rollout import Canary, RolloutPlan
 from streams.kafka.embedded import EmbeddedBroker
 from streams.rollout.control import read_plan, write_plan

@@ -14,10 +14,11 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from models.registry import add_artifact
+from pipelines.fraud import pipeline as fraud
 from pipelines.fraud.synthetic import SyntheticWorld
 from schemas.rollout import Canary, RolloutPlan
 from streams.harness import Output, WorkerProcess, metric_value
+from streams.pipeline.models import add_model
 from streams.rollout.control import read_plan, write_plan
 from streams.scoring.cohorts import members
 from streams.settings import Settings, load_settings
@@ -25,6 +26,11 @@ from tests.integration.conftest import PARTITIONS, Deployment, Published, event_
 from tests.integration.test_model_failures import POISON_AMOUNT, poisoned_artifact
 
 pytestmark = pytest.mark.broker
+
+
+def add_artifact(source: Path, registry: Path) -> str:
+    """``models add`` of a fraud model."""
+    return add_model(fraud, source, registry)
 
 
 def control(deployment: Deployment) -> Settings:

@@ -1,4 +1,9 @@
-"""Decoding a fetched chunk: every record is either a valid event or a dead letter."""
+"""Decoding a fetched chunk: every record is either a valid event or a dead letter.
+
+Run on the fraud pipeline's event through the validation every pipeline's intake runs
+(:func:`streams.scoring.declared.validate_records`: msgspec's shortcut, pydantic for
+what it refuses), with tricky and hostile records.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipelines.fraud.decode import decode_events
-from pipelines.fraud.events import EVENT_RECORDS
+from pipelines.fraud import pipeline as fraud
+from pipelines.fraud.events import Event
 from pipelines.fraud.synthetic import malformed_values
 from streams.metrics import Metrics
 from streams.scoring.deadletters import DeadLetterSink
+from streams.scoring.declared import validate_records
 from streams.scoring.decode import Decoded, decode_feature_updates
 
 EVENT = {
@@ -32,6 +38,16 @@ class Rec:
     partition: int = 0
     timestamp: int | None = 1000
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+_FIELDS = tuple(fraud.event.model_fields)
+
+
+def decode_events(records: list[Rec]) -> Decoded[dict[str, Any]]:
+    """The intake's validation of ``records``, each event as a dict of its fields."""
+    decoded = validate_records(fraud.schema, records)  # type: ignore[arg-type]
+    items = [{name: getattr(item, name) for name in _FIELDS} for item in decoded.items]
+    return Decoded(decoded.records, items, decoded.dead)
 
 
 def event(**changes: object) -> bytes:
@@ -240,7 +256,7 @@ def test_a_records_fate_never_depends_on_its_neighbours(chunk: list[bytes]) -> N
 def _schema_of_record(value: bytes) -> dict[str, Any] | None:
     """What orjson and pydantic (the schema of record) make of a value; None if refused."""
     try:
-        return dict(EVENT_RECORDS.validate_python([orjson.loads(value)])[0])
+        return Event.model_validate(orjson.loads(value)).model_dump()
     except (orjson.JSONDecodeError, ValidationError):
         return None
 
@@ -282,12 +298,12 @@ def test_a_bad_event_costs_none_of_its_neighbours_and_keeps_the_schemas_reasons(
         if type(obj) is not dict:
             continue
         try:
-            expected = EVENT_RECORDS.validate_python([obj])[0]
+            expected = Event.model_validate(obj).model_dump()
         except ValidationError as exc:
             letter = dead[record.offset]
             assert letter.error_class == "ValidationError"
             for error in exc.errors(include_url=False):
-                field = ".".join(map(str, error["loc"][1:])) or "record"
+                field = ".".join(map(str, error["loc"])) or "record"
                 assert f"{field}: {error['msg']}" in letter.message
         else:
             if record.offset in items:

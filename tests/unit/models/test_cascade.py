@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.cascade import evaluate_cascade
 from models.registry import resolve
+from pipelines.fraud.cascade import evaluate_cascade
 
 
 def test_an_empty_band_is_the_first_model_and_a_full_band_the_second() -> None:

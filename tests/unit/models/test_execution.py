@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import load_artifact
 from models.errors import ModelError
 from models.execution import (
     DTYPES,
@@ -23,6 +22,7 @@ from models.execution import (
     default_buckets,
     reference_batch,
 )
+from pipelines.fraud.artifact import load_artifact
 from pipelines.fraud.features import RawFeatures
 from pipelines.fraud.model import FraudMLP
 from pipelines.fraud.synthetic import SyntheticWorld

@@ -13,11 +13,23 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import MANIFEST, load_artifact, packaged_artifacts_dir
+from models.artifact import MANIFEST
 from models.errors import ArtifactError
-from models.registry import add_artifact, list_models, register_artifact, resolve, resolve_ref
-from models.smoke import SMOKE_ROWS, check_smoke, smoke_features
+from models.registry import Registered, list_models, resolve, resolve_ref
+from pipelines.fraud import pipeline as fraud
+from pipelines.fraud.artifact import load_artifact, packaged_artifacts_dir
+from pipelines.fraud.smoke import SMOKE_ROWS, check_smoke, smoke_features
+from streams.pipeline.models import add_model, register_model
 from tests.nan_model import nan_artifact
+
+
+def add_artifact(source: Path, registry: Path) -> str:
+    """``models add`` of a fraud model."""
+    return add_model(fraud, source, registry)
+
+
+def register_artifact(source: Path, registry: Path) -> Registered:
+    return register_model(fraud, source, registry)
 
 
 def _copy(source: Path, target: Path, **changes: Any) -> Path:

@@ -15,20 +15,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.artifact import (
-    DEFAULT_MODEL,
-    MANIFEST,
+from models.artifact import DEFAULT_MODEL, MANIFEST
+from models.errors import ArtifactError, ModelError
+from models.registry import resolve
+from pipelines.fraud.artifact import (
     WEIGHTS,
     LoadedModel,
     load_artifact,
     packaged_artifacts_dir,
     save_artifact,
 )
-from models.errors import ArtifactError, ModelError
-from models.preprocess import Preprocessor, fit_spec
-from models.registry import resolve
 from pipelines.fraud.features import RawFeatures
 from pipelines.fraud.model import FraudMLP
+from pipelines.fraud.preprocess import Preprocessor, fit_spec
 from pipelines.fraud.synthetic import SyntheticWorld
 from pipelines.fraud.train import auc, build_features
 

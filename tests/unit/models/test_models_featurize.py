@@ -138,3 +138,24 @@ def test_featurize_empty_chunk() -> None:
     assert raw.numeric.shape == (0, len(NUMERIC_FEATURES))
     assert len(raw) == 0
     assert len(raw.categorical) == len(CATEGORICAL_FEATURES)
+
+
+def test_the_declared_pipeline_computes_what_training_computes() -> None:
+    """`pipeline check`/`features` and the worker (the declaration) feed a model exactly the
+    numbers and categories that training (:func:`build_features`) fits it on."""
+    import orjson
+
+    from pipelines.fraud import pipeline as fraud
+    from pipelines.fraud.features import encode_categorical
+    from streams.pipeline.offline import run_lines
+
+    events = [e.event for e in SyntheticWorld(5, n_entities=40).events(1_500)]
+    lines = [orjson.dumps(e) for e in events]
+    chunks = list(run_lines(fraud, lines, chunk=256))  # chunks: the state carries across
+    assert all(not c.failures for c in chunks)
+    numeric = np.concatenate([c.featurized.inputs["numeric"] for c in chunks if c.featurized])
+    codes = np.concatenate([c.featurized.inputs["categorical"] for c in chunks if c.featurized])
+    raw = build_features(events, {})  # no profiles: a file of events has none
+    np.testing.assert_array_equal(numeric, raw.numeric)
+    np.testing.assert_array_equal(codes, encode_categorical(*raw.categorical))
+    assert (codes >= 0).all()  # every generated channel, country and currency has a code

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
-from models.preprocess import STD_FLOOR, InputSpec, Preprocessor, fit_spec
 from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
+from pipelines.fraud.preprocess import STD_FLOOR, InputSpec, Preprocessor, fit_spec
 
 K = len(NUMERIC_FEATURES)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from models.artifact import DEFAULT_MODEL, MANIFEST, load_artifact, packaged_artifacts_dir
+from models.artifact import DEFAULT_MODEL, MANIFEST
 from models.errors import ArtifactError
 from models.registry import list_models, parse_ref, resolve, version_key
+from pipelines.fraud.artifact import load_artifact, packaged_artifacts_dir
 
 PACKAGED = packaged_artifacts_dir() / "fraud-mlp" / "1"
 

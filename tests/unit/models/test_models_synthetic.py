@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipelines.fraud.events import EVENT_RECORDS, Event
+from pipelines.fraud import pipeline as fraud
+from pipelines.fraud.events import Event
 from pipelines.fraud.features import PROFILE_FEATURES
 from pipelines.fraud.synthetic import MALFORMED_KINDS, SyntheticWorld, malformed_values
 from schemas.profiles import FeatureUpdate
@@ -63,7 +64,10 @@ def test_same_output_in_another_process() -> None:
 def test_events_are_valid_wire_events() -> None:
     events = [e.event for e in SyntheticWorld(4, n_entities=300).events(3_000)]
     assert all(set(e) == set(Event.model_fields) for e in events)
-    EVENT_RECORDS.validate_python(events)
+    checked = fraud.schema.validate_many(
+        [e["entity_id"].encode() for e in events], [json.dumps(e).encode() for e in events]
+    )
+    assert [c.event_id for c in checked] == [e["event_id"] for e in events]
     for event in events[:200]:
         Event.model_validate_json(json.dumps(event))
     assert len({e["event_id"] for e in events}) == len(events)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import MANIFEST, WEIGHTS, load_artifact
+from models.artifact import MANIFEST
+from pipelines.fraud.artifact import WEIGHTS, load_artifact
 from pipelines.fraud.train import TrainReport, auc
 
 

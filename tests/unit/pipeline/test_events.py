@@ -161,8 +161,9 @@ def test_the_packaged_event_keeps_the_shortcut() -> None:
     ("value", "stage", "error_class"),
     [
         (None, "decode", "EmptyRecord"),
-        (b"[1]", "decode", "NotAnObject"),
-        (b"{", "decode", "ValidationError"),
+        (b"[1]", "validate", "NotAnObject"),
+        (b"{", "decode", "JSONDecodeError"),
+        (b'{"who": NaN}', "decode", "JSONDecodeError"),
         (b'{"who": "ab"}', "validate", "ValidationError"),
         (b"{" + b" " * 70_000 + b"}", "decode", "RecordTooLarge"),
     ],

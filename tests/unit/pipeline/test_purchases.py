@@ -147,7 +147,7 @@ def test_models_add_checks_the_model_against_the_pipeline(
 
 
 def test_a_fraud_manifest_may_name_its_pipeline(tmp_path: Path) -> None:
-    from models.artifact import load_artifact, packaged_artifacts_dir
+    from pipelines.fraud.artifact import load_artifact, packaged_artifacts_dir
 
     copy = tmp_path / "fraud-lr"
     shutil.copytree(packaged_artifacts_dir() / "fraud-lr" / "1", copy)

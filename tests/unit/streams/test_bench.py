@@ -25,7 +25,6 @@ from benchmarks.measure import (
 from benchmarks.preload import InputStream, Workload
 from benchmarks.report import markdown
 from benchmarks.runner import Options, Phase, Results
-from pipelines.fraud.decode import decode_events
 from pipelines.fraud.features import NUMERIC_FEATURES
 from streams.harness import histogram_buckets
 
@@ -206,15 +205,16 @@ def test_repeated_drains_are_reported_per_round_with_medians_and_the_peer_ratio(
 def test_stage_probe_feeds_the_stages_the_bench_input_with_its_malformed_share() -> None:
     records = stage_probe.chunk(400, 0.01)
     assert len(records) == 400
-    decoded = decode_events(records)
+    decoded = stage_probe.decode_events(records)
     assert (len(decoded.items), len(decoded.dead)) == (396, 4)
     assert 0 < stage_probe.microseconds_per_record(records, repeats=2, loops=1) < 1e4
 
-    prepared = stage_probe.feature_stage().prepare(decoded.records, decoded.items)
-    assert len(prepared.raw) == 396
-    assert not prepared.failed
+    prepared = stage_probe.feature_stage().prepare(records)
+    assert prepared.inputs is not None
+    assert len(prepared.inputs) == 396
+    assert len(prepared.dead) == 4
     profile_column = NUMERIC_FEATURES.index("account_age_days_log")
-    missing = np.isnan(prepared.raw.numeric[:, profile_column]).mean()
+    missing = np.isnan(prepared.inputs.arrays["numeric"][:, profile_column]).mean()
     assert missing < 0.5  # profiles are found (a lookup in the wrong partition finds none)
 
 

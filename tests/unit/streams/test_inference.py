@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.registry import resolve
+from pipelines.fraud.artifact import load_artifact
 from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.errors import ConfigError, NonFiniteScore
 from streams.scoring.inference import Inference, resolve_device
@@ -55,7 +56,7 @@ async def test_a_failing_batch_is_split_until_only_the_poison_events_fail() -> N
 
 
 async def test_the_packaged_model_warms_up_and_scores_in_range() -> None:
-    inference = Inference.load(resolve(None, None), torch.device("cpu"))
+    inference = Inference(load_artifact(resolve(None, None), torch.device("cpu")))
     await inference.warm_up((1, 8))
     raw = raw_with([1.0, 2.0, 3.0])
     raw.numeric[:, 1:] = np.nan  # every other feature unknown: imputed

@@ -16,8 +16,8 @@ from functools import cache
 
 import numpy as np
 
-from models.artifact import LoadedModel
 from models.errors import ArtifactError
+from pipelines.fraud.artifact import LoadedModel
 from pipelines.fraud.features import RawFeatures
 from pipelines.fraud.synthetic import SyntheticWorld
 from pipelines.fraud.train import build_features

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.artifact import LoadedModel, load_artifact
+from pipelines.fraud.artifact import LoadedModel, load_artifact
 from pipelines.fraud.features import RawFeatures
 from pipelines.fraud.synthetic import SyntheticWorld
 from pipelines.fraud.train import auc, build_features

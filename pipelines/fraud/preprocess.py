@@ -12,13 +12,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Annotated
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, FloatArray, RawFeatures
+from pipelines.fraud.features import (
+    CATEGORICAL_FEATURES,
+    CODE_SPACES,
+    NUMERIC_FEATURES,
+    FloatArray,
+    Ints,
+    RawFeatures,
+    category_codes,
+)
 
 __all__ = [
     "STD_FLOOR",
@@ -170,7 +178,12 @@ def fit_spec(
 
 
 class Preprocessor:
-    """Applies an :class:`InputSpec` to raw features (vectorised; never emits NaN)."""
+    """Applies an :class:`InputSpec` to raw features (vectorised; never emits NaN).
+
+    Categorical values arrive as codes (:func:`pipelines.fraud.features.category_codes`);
+    each vocabulary becomes a table from code to one-hot slot, so a chunk's slots are
+    one array lookup per feature.
+    """
 
     __slots__ = ("_columns", "_impute", "_indicators", "_lookups", "_mean", "_std", "spec")
 
@@ -183,36 +196,61 @@ class Preprocessor:
         self._indicators = np.array(
             [i for i, f in enumerate(spec.numeric) if f.indicator], dtype=np.intp
         )
-        self._lookups = [
-            (CATEGORICAL_FEATURES.index(c.name), {v: i for i, v in enumerate(c.vocabulary)})
-            for c in spec.categorical
-        ]
+        self._lookups: list[tuple[int, npt.NDArray[np.intp]]] = []
+        for cat in spec.categorical:
+            feature = CATEGORICAL_FEATURES.index(cat.name)
+            other = len(cat.vocabulary)
+            # One slot per code, and a last one for code -1 (a value outside every code).
+            table = np.full(CODE_SPACES[feature] + 1, other, dtype=np.intp)
+            codes = category_codes(cat.name, list(cat.vocabulary))
+            for slot, code in enumerate(codes.tolist()):
+                if code >= 0:  # a vocabulary value no event can have never matches
+                    table[code] = slot
+            self._lookups.append((feature, table))
 
     @property
     def width(self) -> int:
         return self.spec.width
 
     def transform(self, raw: RawFeatures) -> FloatArray:
-        """The model input for ``raw``: float32 of shape ``(len(raw), width)``.
-
-        NaN and infinities count as missing: they are imputed (and flagged), so
-        any input gives finite output.
-        """
+        """The model input for ``raw`` (categorical values as text): float32 ``(n, width)``."""
         n = len(raw)
-        if raw.numeric.ndim != 2 or raw.numeric.shape[1] != len(NUMERIC_FEATURES):
-            raise ValueError(
-                f"raw numeric features have shape {raw.numeric.shape}, "
-                f"expected (n, {len(NUMERIC_FEATURES)})"
-            )
+        self._check_numeric(raw.numeric)
         if len(raw.categorical) != len(CATEGORICAL_FEATURES) or any(
             len(values) != n for values in raw.categorical
         ):
             raise ValueError(
                 f"raw categorical features must be {len(CATEGORICAL_FEATURES)} lists of {n} values"
             )
+        codes = np.empty((n, len(CATEGORICAL_FEATURES)), dtype=np.int64)
+        for feature, values in enumerate(raw.categorical):
+            codes[:, feature] = category_codes(CATEGORICAL_FEATURES[feature], values)
+        return self.transform_coded(raw.numeric, codes)
+
+    @staticmethod
+    def _check_numeric(numeric: FloatArray) -> None:
+        if numeric.ndim != 2 or numeric.shape[1] != len(NUMERIC_FEATURES):
+            raise ValueError(
+                f"raw numeric features have shape {numeric.shape}, "
+                f"expected (n, {len(NUMERIC_FEATURES)})"
+            )
+
+    def transform_coded(self, numeric: FloatArray, codes: Ints) -> FloatArray:
+        """The model input for numeric features and categorical codes: float32 ``(n, width)``.
+
+        NaN and infinities count as missing: they are imputed (and flagged), so
+        any input gives finite output.
+        """
+        n = len(numeric)
+        self._check_numeric(numeric)
+        if codes.shape != (n, len(CATEGORICAL_FEATURES)):
+            raise ValueError(
+                f"categorical codes have shape {codes.shape}, "
+                f"expected ({n}, {len(CATEGORICAL_FEATURES)})"
+            )
         out = np.zeros((n, self.width), dtype=np.float32)
         k = len(self._columns)
-        values = raw.numeric[:, self._columns].astype(np.float64)
+        values = numeric[:, self._columns].astype(np.float64)
         missing = ~np.isfinite(values)
         values = np.where(missing, self._impute, values)
         scaled = (values - self._mean) / self._std
@@ -220,12 +258,10 @@ class Preprocessor:
         start = k + len(self._indicators)
         out[:, k:start] = missing[:, self._indicators]
         rows = np.arange(n)
-        for feature, lookup in self._lookups:
-            other = len(lookup)
-            # map() over dict.get runs in C: a generator here costs a frame step per value.
-            slots = np.fromiter(
-                map(lookup.get, raw.categorical[feature], repeat(other, n)), dtype=np.intp, count=n
-            )
-            out[rows, start + slots] = 1.0
-            start += other + 1
+        for feature, table in self._lookups:
+            column = codes[:, feature]
+            # A code outside the table (never made by category_codes) counts as -1.
+            column = np.where((column >= 0) & (column < len(table) - 1), column, -1)
+            out[rows, start + table[column]] = 1.0
+            start += int(table[-1]) + 1
         return out
