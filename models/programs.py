@@ -109,6 +109,11 @@ class ProgramManifest(BaseModel):
 def read_program_manifest(directory: Path) -> ProgramManifest:
     path = Path(directory) / MANIFEST
     data = manifest_json(directory)
+    if isinstance(data, dict) and "pipeline" not in data:
+        raise InputMismatch(
+            f"{path}: names no 'pipeline' it was made for; this pipeline's models are "
+            "torch.export programs or safetensors made for it (a model of another format?)"
+        )
     try:
         manifest = ProgramManifest.model_validate(data)
     except ValidationError as exc:

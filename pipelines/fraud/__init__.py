@@ -24,7 +24,7 @@ from pipelines.fraud.features import (
     STATE,
     features,
 )
-from streams.pipeline import Pipeline, Tensor
+from streams.pipeline import Pipeline, PipelineError, Tensor, Traffic
 
 if TYPE_CHECKING:
     import torch
@@ -59,14 +59,52 @@ def _vet(model: Any) -> None:
 FORMAT = ModelFormat(read=_read, load=_load, vet=_vet)
 
 
+#: What ``streamscore train --architecture`` builds: model name and hidden layer widths.
+ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "mlp": ("fraud-mlp", (64, 32)),  # the primary model
+    "logistic": ("fraud-lr", ()),  # the lighter fallback of the ladder
+    "deep": ("fraud-deep", (256, 128, 64)),  # heavier, for escalation
+}
+
+
+def train(
+    output: Path, seed: int, *, version: str = "1", architecture: str = "mlp"
+) -> dict[str, float]:
+    """``streamscore train``: one model trained on a fresh synthetic world, written as the
+    artifact directory ``output`` (the packaged artifacts folder: the packaged
+    ``NAME/VERSION`` in it, regenerated). See :mod:`pipelines.fraud.train`."""
+    from pipelines.fraud.artifact import packaged_artifacts_dir
+    from pipelines.fraud.train import train as run
+
+    if architecture not in ARCHITECTURES:
+        raise PipelineError(
+            f"architecture {architecture!r}: the fraud pipeline trains {', '.join(ARCHITECTURES)}"
+        )
+    name, hidden = ARCHITECTURES[architecture]
+    packaged = Path(output).resolve() == packaged_artifacts_dir().resolve()
+    report = run(
+        seed=seed, version=version, output=None if packaged else Path(output), name=name,
+        hidden=hidden,
+    )  # fmt: skip
+    return {
+        "AUC": report.auc,
+        "held-out events": report.n_test,
+        "training events": report.n_train,
+        "fraud rate": report.fraud_rate,
+        "seconds": report.seconds,
+    }
+
+
+def traffic(entities: int, seed: int) -> Traffic:
+    """``streamscore demo`` and ``produce``: the synthetic world's profiles and events."""
+    from pipelines.fraud.synthetic import SyntheticTraffic
+
+    return SyntheticTraffic(entities, seed)
+
+
 def sample() -> list[bytes]:
-    """``streamscore demo --pipeline fraud --input``-less replay: synthetic events, in order."""
-    import orjson
-
-    from pipelines.fraud.synthetic import SyntheticWorld
-
-    world = SyntheticWorld(7)
-    return [orjson.dumps(labeled.event) for labeled in world.events(20_000)]
+    """What the bench and the stage probe replay: 20,000 synthetic events, in order."""
+    return [value for _, value in traffic(1_000, 7).events(20_000)]
 
 
 pipeline = Pipeline(
@@ -88,5 +126,7 @@ pipeline = Pipeline(
     model="fraud-mlp:1",
     fallback="fraud-lr:1",
     model_format=FORMAT,
+    trainer=train,
     sample=sample,
+    traffic=traffic,
 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from pipelines.fraud.features import NUMERIC_FEATURES, PROFILE_FEATURES, featurize, roll
 
@@ -377,3 +378,22 @@ _MALFORMED: tuple[_Mutation, ...] = (
 
 #: How many kinds of malformed payload :func:`malformed_values` deals.
 MALFORMED_KINDS = len(_MALFORMED)
+
+
+class SyntheticTraffic:
+    """The world as the pipeline's :class:`~streams.pipeline.Traffic`: JSON records."""
+
+    def __init__(self, entities: int, seed: int) -> None:
+        self.world = SyntheticWorld(seed=seed, n_entities=entities)
+
+    def profiles(self) -> list[tuple[bytes, bytes]]:
+        return [(str(p["entity_id"]).encode(), orjson.dumps(p)) for p in self.world.profiles()]
+
+    def events(self, n: int) -> list[tuple[bytes, bytes]]:
+        return [
+            (str(item.event["entity_id"]).encode(), orjson.dumps(item.event))
+            for item in self.world.events(n)
+        ]
+
+    def malformed(self, n: int, seed: int) -> list[bytes]:
+        return malformed_values(seed, n)

@@ -4,9 +4,10 @@ Starts the embedded broker and a real worker process of the pipeline, publishes
 its events at the requested rate with a few malformed records mixed in, reads
 every score and dead letter back, and checks the outcome: every valid event
 scored, every malformed one dead-lettered, per-key order kept. Exit 0 only if
-so. ``fraud`` gets synthetic traffic (profiles, then events); a declared
-pipeline replays a file of its events, or its ``sample`` (``purchases``: the
-real CDNOW log), with the events' own times scaled to the replay rate.
+so. A pipeline replays a file of its events, or its declared synthetic
+``traffic`` (``fraud``: profiles, then events), or its ``sample``
+(``purchases``: the real CDNOW log), with the events' own times scaled to the
+replay rate.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import fail, served_pipeline_or_exit, settings_or_exit
 from streams.errors import StreamscoreError
 from streams.harness import (
@@ -67,14 +67,17 @@ class Plan:
 )  # fmt: skip
 @click.option(
     "--input", "input_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-    help="JSON lines of a declared pipeline's events to replay (default: its sample).",
+    help="JSON lines of the pipeline's events to replay (default: its synthetic traffic, "
+    "or its sample).",
 )  # fmt: skip
 @click.option(
     "--events", "n_events", default=None, type=int,
-    help="Events to publish [fraud: 20,000; a declared pipeline: all it has].",
+    help="Events to publish [synthetic traffic: 20,000; a file or a sample: all it has].",
 )  # fmt: skip
 @click.option("--rate", default=4_000.0, show_default=True, help="Events per second (0: unpaced).")
-@click.option("--entities", default=1_000, show_default=True, help="fraud: distinct entity ids.")
+@click.option(
+    "--entities", default=1_000, show_default=True, help="Synthetic traffic: distinct entities."
+)
 @click.option("--seed", default=11, show_default=True, help="Seed of the traffic.")
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for scores.")
 def demo(
@@ -93,9 +96,8 @@ def demo(
     configured = settings_or_exit(**overrides)
     served_pipeline_or_exit(configured)  # a bad value stops here, before anything starts
     declared = _declared(configured)
-    if declared is None and input_path is not None:
-        fail("--input replays a declared pipeline's events; fraud's traffic is synthetic", 2)
-    if declared is not None:
+    synthetic = input_path is None and declared.traffic is not None
+    if not synthetic:
         plan = _replay_plan(declared, input_path, n_events, rate, seed)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="streamscore-demo-") as tmp:
@@ -116,8 +118,8 @@ def demo(
             worker = WorkerProcess(env, workdir / "worker.log").start()
             worker.wait_ready()
             console.print(f"worker ready in {time.monotonic() - started:.1f}s ({worker.url})")
-            if declared is None:
-                plan = _fraud_plan(settings, n_events or 20_000, rate, entities, seed)
+            if synthetic:
+                plan = _synthetic_plan(declared, settings, n_events or 20_000, rate, entities, seed)
             ok = _run(console, settings, worker, plan, rate, timeout)
         except StreamscoreError as exc:
             if worker is not None and worker.log_path.exists():
@@ -131,7 +133,7 @@ def demo(
         raise SystemExit(1)
 
 
-def _declared(settings: Settings) -> Pipeline | None:
+def _declared(settings: Settings) -> Pipeline:
     from streams.runtime import served_pipeline
 
     return served_pipeline(settings)
@@ -145,30 +147,35 @@ def _producer(settings: Settings) -> Producer:
     )  # fmt: skip
 
 
-def _fraud_plan(settings: Settings, n_events: int, rate: float, entities: int, seed: int) -> Plan:
-    """Synthetic traffic: profiles published now, events (with malformed ones) planned."""
-    world = SyntheticWorld(seed=seed, n_entities=entities)
-    labeled = world.events(n_events)
-    bad = malformed_values(seed, max(1, int(n_events * MALFORMED_SHARE)))
+def _synthetic_plan(
+    pipeline: Pipeline, settings: Settings, n_events: int, rate: float, entities: int, seed: int
+) -> Plan:
+    """The pipeline's synthetic traffic: profiles published now, events (with malformed
+    ones mixed in evenly) planned at ``rate``."""
+    assert pipeline.traffic is not None
+    try:
+        world = pipeline.traffic(entities, seed)
+        events = list(world.events(n_events))
+        bad = list(world.malformed(max(1, int(n_events * MALFORMED_SHARE)), seed))
+        profiles = list(world.profiles())
+    except Exception as exc:  # the pipeline's own code: say which part failed, and why
+        fail(f"pipeline {pipeline.name!r}: its traffic failed: {type(exc).__name__}: {exc}")
     producer = _producer(settings)
-    for profile in world.profiles():
-        producer.produce(settings.features_topic, key=str(profile["entity_id"]).encode(),
-                         value=orjson.dumps(profile))  # fmt: skip
+    for key, value in profiles:
+        producer.produce(settings.features_topic, key=key, value=value)
     producer.flush()
-    # Interleave the malformed records evenly among the valid ones.
+    field = pipeline.schema.event_id
     records: list[tuple[str | None, bytes | None, bytes]] = []
-    every = max(1, n_events // len(bad))
+    every = max(1, len(events) // len(bad))
     bad_iter = iter(bad)
-    for index, item in enumerate(labeled):
-        event = item.event
-        key = str(event["entity_id"]).encode()
-        records.append((str(event["event_id"]), key, orjson.dumps(event)))
+    for index, (key, value) in enumerate(events):
+        records.append((str(orjson.loads(value)[field]), key, value))
         if index % every == every - 1:
-            value = next(bad_iter, None)
-            if value is not None:
-                records.append((None, key, value))
+            malformed = next(bad_iter, None)
+            if malformed is not None:
+                records.append((None, key, malformed))
     at = [index / rate if rate else 0.0 for index in range(len(records))]
-    ids = {str(item.event["event_id"]) for item in labeled}
+    ids = {event_id for event_id, _, _ in records if event_id is not None}
     return Plan(records, at, ids, f"synthetic traffic of {entities:,} entities (seed {seed})")
 
 

@@ -1,10 +1,11 @@
-"""``streamscore produce``: synthetic traffic for a running deployment.
+"""``streamscore produce``: a pipeline's synthetic traffic for a running deployment.
 
 The demo brings its own broker and worker; this command only publishes, to
 whatever ``STREAMSCORE_BROKER`` points at (the compose file's demo producer,
 a staging cluster), so dashboards and alerts can be seen moving. Profiles go
 to the features topic first, then events at the requested rate, optionally
-with a share of malformed ones that the worker must dead-letter.
+with a share of malformed ones that the worker must dead-letter. The traffic is
+the pipeline's own (its declared ``traffic``; ``fraud``'s synthetic world).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
 from streams.kafka.topics import AuthFailures
+from streams.pipeline import Traffic
 from streams.settings import Settings
 
-#: Events are generated in rounds of this many (``SyntheticWorld.events`` continues).
+#: Events are generated in rounds of this many (the traffic's ``events`` continues).
 ROUND = 1_000
 
 
@@ -61,10 +61,22 @@ class _Delivery:
     "--profiles/--no-profiles", default=True, show_default=True,
     help="Publish the entities' feature profiles before the events.",
 )  # fmt: skip
+@click.option(
+    "--pipeline", "pipeline_ref", default=None, metavar="P",
+    help="A packaged pipeline or MODULE:ATTRIBUTE (default: STREAMSCORE_PIPELINE).",
+)  # fmt: skip
 def produce(
-    n_events: int, rate: float, entities: int, seed: int, malformed: float, profiles: bool
+    n_events: int,
+    rate: float,
+    entities: int,
+    seed: int,
+    malformed: float,
+    profiles: bool,
+    pipeline_ref: str | None,
 ) -> None:
-    """Publish synthetic events (and profiles) to the configured topics."""
+    """Publish a pipeline's synthetic events (and profiles) to the configured topics."""
+    from streams.cli.pipeline import pipeline_or_exit
+
     if n_events < 0 or rate < 0 or entities < 1 or not 0.0 <= malformed <= 1.0:
         fail(
             "--events and --rate must not be negative, --entities positive, "
@@ -72,10 +84,17 @@ def produce(
             EXIT_USAGE,
         )
     settings = settings_or_exit()
+    declared = pipeline_or_exit(pipeline_ref)
+    if declared.traffic is None:
+        fail(
+            f"pipeline {declared.name!r} declares no synthetic traffic; replay a file of its "
+            "events with `streamscore demo --input FILE`",
+            EXIT_USAGE,
+        )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    world = SyntheticWorld(seed=seed, n_entities=entities)
+    world = declared.traffic(entities, seed)
     auth = AuthFailures()
     producer = Producer({**_producer_config(settings), "error_cb": auth})
     delivery = _Delivery()
@@ -113,19 +132,18 @@ def _producer_config(settings: Settings) -> dict[str, Any]:
 
 
 def _publish_profiles(
-    producer: Producer, settings: Settings, world: SyntheticWorld, delivery: _Delivery
+    producer: Producer, settings: Settings, world: Traffic, delivery: _Delivery
 ) -> int:
     count = 0
-    for profile in world.profiles():
-        key = str(profile["entity_id"]).encode()
-        _produce(producer, settings.features_topic, key, orjson.dumps(profile), delivery)
+    for key, value in world.profiles():
+        _produce(producer, settings.features_topic, key, value, delivery)
         count += 1
     producer.flush(30)
     return count
 
 
 def _records(
-    world: SyntheticWorld, n_events: int, malformed: float, seed: int
+    world: Traffic, n_events: int, malformed: float, seed: int
 ) -> Iterator[tuple[bytes, bytes, bool]]:
     """(key, value, is_malformed) forever or for ``n_events`` valid events."""
     produced = 0
@@ -133,23 +151,21 @@ def _records(
     bad_rounds = 0
     while n_events == 0 or produced < n_events:
         size = ROUND if n_events == 0 else min(ROUND, n_events - produced)
-        for item in world.events(size):
-            event = item.event
-            key = str(event["entity_id"]).encode()
-            yield key, orjson.dumps(event), False
+        for key, value in world.events(size):
+            yield key, value, False
             debt += malformed
             if debt >= 1.0:
                 debt -= 1.0
                 bad_rounds += 1
-                (value,) = malformed_values(seed * 1_000_003 + bad_rounds, 1)
-                yield key, value, True
+                (bad,) = world.malformed(1, seed * 1_000_003 + bad_rounds)
+                yield key, bad, True
         produced += size
 
 
 def _publish_events(
     producer: Producer,
     settings: Settings,
-    world: SyntheticWorld,
+    world: Traffic,
     delivery: _Delivery,
     n_events: int,
     rate: float,

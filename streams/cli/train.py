@@ -1,7 +1,9 @@
-"""``streamscore train``: train a packaged architecture on the synthetic generator."""
+"""``streamscore train``: the pipeline's own trainer (for ``fraud``, the default, one
+architecture trained on the synthetic generator)."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import click
@@ -9,29 +11,21 @@ import click
 from models.errors import ModelError
 from streams.cli.common import fail
 
-#: The shipped architectures: name -> hidden layer widths.
-ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
-    "mlp": ("fraud-mlp", (64, 32)),  # the primary model
-    "logistic": ("fraud-lr", ()),  # the lighter fallback of the ladder
-    "deep": ("fraud-deep", (256, 128, 64)),  # heavier, for escalation
-}
-
 
 @click.command()
-@click.option("--version", "version", default="1", show_default=True, help="Artifact version.")
+@click.option("--version", "version", default=None, help="Artifact version (default: 1).")
 @click.option("--seed", default=7, show_default=True, help="Seed: same seed, same weights.")
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Artifact directory to write (default: regenerate the packaged model).",
+    help="Artifact directory to write (default: regenerate the pipeline's packaged models).",
 )
 @click.option(
     "--architecture",
-    type=click.Choice(sorted(ARCHITECTURES)),
-    default="mlp",
-    show_default=True,
-    help="mlp: fraud-mlp (primary); logistic: fraud-lr (fallback); deep: fraud-deep (escalation).",
+    default=None,
+    help="For a pipeline that trains several: which (fraud: mlp, the primary fraud-mlp; "
+    "logistic, the fallback fraud-lr; deep, fraud-deep for escalation).",
 )
 @click.option(
     "--pipeline",
@@ -41,47 +35,40 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, ...]]] = {
     help="a packaged pipeline or MODULE:ATTRIBUTE (default: STREAMSCORE_PIPELINE)",
 )
 def train(
-    version: str, seed: int, output: Path | None, architecture: str, pipeline_ref: str | None
+    version: str | None,
+    seed: int,
+    output: Path | None,
+    architecture: str | None,
+    pipeline_ref: str | None,
 ) -> None:
-    """Train deterministically and write a model artifact; print its held-out AUC."""
-    from pipelines.fraud.train import train as run_training
-    from streams.cli.common import settings_or_exit
-
-    chosen = pipeline_ref if pipeline_ref is not None else settings_or_exit().pipeline
-    if chosen != "fraud":
-        _train_declared(chosen, seed, output)
-        return
-
-    name, hidden = ARCHITECTURES[architecture]
-    try:
-        report = run_training(seed=seed, version=version, output=output, name=name, hidden=hidden)
-    except (ModelError, OSError, ValueError) as exc:
-        fail(str(exc))
-    click.echo(
-        f"wrote {report.path}: AUC {report.auc:.4f} on {report.n_test} held-out events "
-        f"(trained on {report.n_train}, fraud rate {report.fraud_rate:.1%}, "
-        f"{report.seconds:.1f}s)"
-    )
-
-
-def _train_declared(ref: str, seed: int, output: Path | None) -> None:
-    """A declared pipeline's own trainer; its packaged artifacts when no --output is given."""
-    from streams.cli.common import EXIT_USAGE
+    """Train the pipeline's models deterministically and write them; print held-out figures."""
+    from streams.cli.common import EXIT_USAGE, settings_or_exit
     from streams.cli.pipeline import pipeline_or_exit
+    from streams.errors import ConfigError
     from streams.pipeline.loader import packaged_artifacts
 
-    declared = pipeline_or_exit(ref)
+    chosen = pipeline_ref if pipeline_ref is not None else settings_or_exit().pipeline
+    declared = pipeline_or_exit(chosen)
     if declared.trainer is None:
         fail(
             f"pipeline {declared.name!r} declares no trainer: train on the output of "
             "`streamscore pipeline features` in your own code",
             EXIT_USAGE,
         )
-    target = output if output is not None else packaged_artifacts(ref)
+    options = {
+        k: v for k, v in (("version", version), ("architecture", architecture)) if v is not None
+    }
+    taken = inspect.signature(declared.trainer).parameters
+    for option in options:
+        if option not in taken:
+            fail(f"pipeline {declared.name!r}'s trainer takes no --{option}", EXIT_USAGE)
+    target = output if output is not None else packaged_artifacts(chosen)
     if target is None:
         fail(f"pipeline {declared.name!r} is not packaged: give --output", EXIT_USAGE)
     try:
-        metrics = declared.trainer(target, seed)
+        metrics = declared.trainer(target, seed, **options)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         fail(str(exc))
     shown = ", ".join(

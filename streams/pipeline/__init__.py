@@ -8,7 +8,7 @@ See ``docs/pipelines.md`` for the guide. Everything named here is public and
 changes only by addition.
 """
 
-from streams.pipeline.declare import Batch, FeatureFunction, Pipeline, Tensor
+from streams.pipeline.declare import Batch, FeatureFunction, Pipeline, Tensor, Traffic
 from streams.pipeline.errors import PipelineError
 from streams.pipeline.loader import load_pipeline
 from streams.pipeline.state import Count, Last, Max, Mean, Min, SincePrevious, Sum, Window
@@ -26,6 +26,7 @@ __all__ = [
     "SincePrevious",
     "Sum",
     "Tensor",
+    "Traffic",
     "Window",
     "load_pipeline",
 ]

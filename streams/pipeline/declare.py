@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +22,7 @@ from streams.pipeline.errors import PipelineError
 from streams.pipeline.events import Column, EventSchema
 from streams.pipeline.state import Aggregate, StateLayout, Window
 
-__all__ = ["Batch", "FeatureFunction", "Pipeline", "Tensor"]
+__all__ = ["Batch", "FeatureFunction", "Pipeline", "Tensor", "Traffic"]
 
 Dtype = Literal["float32", "float64", "int64", "int32", "bool"]
 _DTYPES: dict[str, type[np.generic]] = {
@@ -110,6 +110,23 @@ class Batch:
 FeatureFunction = Callable[[Batch], Mapping[str, npt.ArrayLike]]
 
 
+class Traffic(Protocol):
+    """A pipeline's synthetic traffic, for ``streamscore demo`` and ``streamscore produce``:
+    a world of entities whose events go on for as long as they are asked for."""
+
+    def profiles(self) -> Sequence[tuple[bytes, bytes]]:
+        """Records (key, JSON value) for the features topic, published before the events."""
+        ...
+
+    def events(self, n: int) -> Sequence[tuple[bytes, bytes]]:
+        """The next ``n`` events, in the order to publish them: (key, JSON value)."""
+        ...
+
+    def malformed(self, n: int, seed: int) -> Sequence[bytes]:
+        """``n`` values that must each become a dead letter (varied kinds, from ``seed``)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Everything streamscore needs to score a team's own topic.
@@ -124,9 +141,13 @@ class Pipeline:
     to when the primary cannot score (``STREAMSCORE_FALLBACK_MODEL`` overrides it;
     None: no fallback model); ``architectures``: the classes that
     safetensors artifacts of this pipeline may name; ``trainer``: what
-    ``streamscore train`` runs for it (output directory, seed -> metrics);
+    ``streamscore train`` runs for it (output directory, seed -> metrics; the
+    keywords ``version`` and ``architecture`` too, from ``--version`` and
+    ``--architecture``, when it takes them);
     ``sample``: the events ``streamscore demo`` replays when given no file (JSON
-    values, in the order to publish them). ``model_format``: how its artifacts are
+    values, in the order to publish them); ``traffic``: synthetic traffic instead, made
+    from (entities, seed), which ``demo`` publishes when given no file and
+    ``produce`` publishes to a running deployment. ``model_format``: how its artifacts are
     read and loaded, for a pipeline whose models are neither ``torch.export``
     programs nor safetensors of a declared architecture.
     """
@@ -147,6 +168,7 @@ class Pipeline:
     description: str = ""
     trainer: Callable[[Path, int], Mapping[str, float]] | None = None
     sample: Callable[[], Sequence[bytes]] | None = None
+    traffic: Callable[[int, int], Traffic] | None = None
     model_format: ModelFormat | None = None
 
     def __post_init__(self) -> None:

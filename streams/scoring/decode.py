@@ -7,8 +7,8 @@ so one producer cannot smuggle fields into another's record) by orjson
 (:func:`parse_each`), and the chunk validated by pydantic in one call
 (:func:`validate_chunk`), which marks a bad item instead of failing the chunk;
 only the bad ones are validated again, for their reasons. Feature updates are
-decoded here; a pipeline's events by its intake (which may parse faster first,
-as the default pipeline's msgspec pass does, :mod:`pipelines.fraud.decode`).
+decoded here; a pipeline's events by its intake
+(:func:`streams.scoring.declared.validate_records`, msgspec first).
 """
 
 from __future__ import annotations

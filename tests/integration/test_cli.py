@@ -138,7 +138,7 @@ def test_the_purchases_demo_replays_the_real_log_at_a_scaled_rate() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--input", "events.jsonl"], "--input replays a declared pipeline's events"),
+        (["--input", "events.jsonl"], "events.jsonl, event 1: not an event of 'fraud'"),
         (["--pipeline", "purchases", "--input", "events.jsonl"],
          "events.jsonl, event 2: not an event of 'purchases': dollars"),
         (["--pipeline", "purchases", "--input", "missing.jsonl"], "--input missing.jsonl"),
