@@ -91,7 +91,6 @@ def train(
         "held-out events": report.n_test,
         "training events": report.n_train,
         "fraud rate": report.fraud_rate,
-        "seconds": report.seconds,
     }
 
 

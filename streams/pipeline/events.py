@@ -16,6 +16,7 @@ which is what the feature function and the state walk read.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import re
 import types
@@ -100,6 +101,9 @@ _SIMPLE_PATTERN = re.compile(
 )
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # msgspec bounds an int within int64
+
+
 class FastDecoder:
     """msgspec's decoder of an event, then the anchored patterns of its string fields.
 
@@ -170,11 +174,20 @@ def fast_decoder(event: type[BaseModel]) -> FastDecoder | None:
                 return None
             bounds[key] = getattr(item, key)
         annotation: Any = info.annotation
+        base, optional = annotation, False
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            base = next(a for a in typing.get_args(annotation) if a is not type(None))
+            optional = True
+        if base is int:
+            # msgspec takes integers of any size; orjson reads one beyond 64 bits as a
+            # float, which a strict int refuses: the shortcut leaves those to the careful path.
+            if "gt" in bounds:  # for integers, > g is >= g + 1 (msgspec takes one of them)
+                bounds["ge"] = max(bounds.get("ge", _INT_MIN), math.floor(bounds.pop("gt")) + 1)
+            if "lt" in bounds:
+                bounds["le"] = min(bounds.get("le", _INT_MAX), math.ceil(bounds.pop("lt")) - 1)
+            bounds["ge"] = max(math.ceil(bounds.get("ge", _INT_MIN)), _INT_MIN)
+            bounds["le"] = min(math.floor(bounds.get("le", _INT_MAX)), _INT_MAX)
         if bounds:
-            base, optional = annotation, False
-            if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-                base = next(a for a in typing.get_args(annotation) if a is not type(None))
-                optional = True
             constrained: Any = typing.Annotated[base, msgspec.Meta(**bounds)]
             annotation = constrained | None if optional else constrained
         if info.is_required():
@@ -245,7 +258,7 @@ class EventSchema:
             except _REFUSALS:
                 event = None  # pydantic decides, and says why
         if event is None:
-            event = self._pydantic(value)
+            event = self.careful(value)
             if isinstance(event, Invalid):
                 return event
         entity = getattr(event, self.key)
@@ -286,7 +299,7 @@ class EventSchema:
             pass
         return list(map(self.validate, keys, values, itertools.repeat(True)))
 
-    def _pydantic(self, value: bytes) -> BaseModel | Invalid:
+    def careful(self, value: bytes) -> BaseModel | Invalid:
         """The careful path: strict JSON (orjson: UTF-8, no NaN, no lone surrogate, numbers
         a double holds), then the model. A value that is not such JSON is a ``decode``
         fault; JSON the model refuses (not an object included) a ``validate`` one."""
@@ -308,11 +321,14 @@ class EventSchema:
         """Each field of ``events`` as an array (numbers float64, NaN when absent)."""
         out: dict[str, Column] = {}
         for name, kind in self.kinds.items():
-            values = [getattr(e, name) for e in events]
+            values = list(map(operator.attrgetter(name), events))  # one C loop per field
             if kind == "number":
-                out[name] = np.array(
-                    [np.nan if v is None else float(v) for v in values], dtype=np.float64
-                )
+                try:  # numpy reads None as NaN, booleans as 0 and 1
+                    out[name] = np.array(values, dtype=np.float64)
+                except (OverflowError, TypeError, ValueError):  # an int beyond a double
+                    out[name] = np.array(
+                        [np.nan if v is None else float(v) for v in values], dtype=np.float64
+                    )
             else:
                 column = np.empty(len(values), dtype=object)
                 column[:] = values
