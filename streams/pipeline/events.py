@@ -101,6 +101,18 @@ _SIMPLE_PATTERN = re.compile(
 )
 
 
+_REFUSED = object()  # where msgspec refused a record
+_NONE = itertools.repeat(None)
+
+
+def _is_utf8(value: bytes | None) -> bool:
+    try:
+        (value or b"").decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # msgspec bounds an int within int64
 
 
@@ -278,26 +290,58 @@ class EventSchema:
     ) -> list[Any]:
         """Each record's event or :class:`Invalid`, as :meth:`validate` gives them.
 
-        A chunk whose records msgspec all accepts (the usual case) is decoded in
-        one C loop, its UTF-8 and keys checked in one call each; a chunk with
-        any other record goes record by record.
+        msgspec decodes the chunk in one C loop (resumed after a record it refuses), the
+        patterns, UTF-8 and keys of what it accepted are checked in one call each; only
+        the records refused somewhere go through :meth:`validate` one by one, for their
+        reasons. A record's fate never depends on its neighbours.
         """
         fast = self.fast
+        one_by_one = itertools.repeat(True)
         if fast is None or not values or None in values:
-            return list(map(self.validate, keys, values, itertools.repeat(True)))
+            return list(map(self.validate, keys, values, one_by_one))
+        if max(map(len, values)) + max(map(len, filter(None, keys)), default=0) > (  # type: ignore[arg-type]
+            MAX_RECORD_BYTES
+        ):
+            return list(map(self.validate, keys, values, one_by_one))
+        decode = fast.decoder.decode
+        items: list[Any] = []
+        while len(items) < len(values):
+            try:  # extend() keeps what it decoded before a refusal: resume after that one
+                items.extend(map(decode, itertools.islice(values, len(items), None)))  # type: ignore[arg-type]
+            except _REFUSALS:
+                items.append(_REFUSED)
+        rows = [i for i, item in enumerate(items) if item is not _REFUSED]
+        every = len(rows) == len(items)
+        accepted = items if every else [items[i] for i in rows]
+        texts = values if every else [values[i] for i in rows]
+        entities = map(operator.attrgetter(self.key), accepted)
         try:
-            if max(map(len, values)) + max(map(len, filter(None, keys)), default=0) > (  # type: ignore[arg-type]
-                MAX_RECORD_BYTES
-            ):
-                return list(map(self.validate, keys, values, itertools.repeat(True)))
-            events = fast.decode_many(values)  # type: ignore[arg-type]
-            b"".join(values).decode()  # type: ignore[arg-type]
-            entities = map(operator.attrgetter(self.key), events)
-            if list(map(str.encode, entities)) == list(keys):
-                return events
-        except (*_REFUSALS, TypeError):
-            pass
-        return list(map(self.validate, keys, values, itertools.repeat(True)))
+            good = list(
+                map(
+                    operator.eq,
+                    map(str.encode, entities),
+                    keys if every else [keys[i] for i in rows],
+                )
+            )
+        except UnicodeEncodeError:  # an entity with a lone surrogate: each record says why
+            return list(map(self.validate, keys, values, one_by_one))
+        for name, pattern in fast.patterns:
+            matched = map(pattern.fullmatch, map(operator.attrgetter(name), accepted))
+            good = list(map(operator.and_, good, map(operator.is_not, matched, _NONE)))
+        try:  # values msgspec accepted begin and end in ASCII: none joins with a neighbour
+            b"".join(texts).decode()  # type: ignore[arg-type]
+        except UnicodeDecodeError:  # msgspec skips unknown fields without checking them
+            good = list(map(operator.and_, good, map(_is_utf8, texts)))
+        if every and all(good):
+            return items
+        out = [_REFUSED] * len(items)
+        for row, item, ok in zip(rows, accepted, good, strict=True):
+            if ok:
+                out[row] = item
+        return [
+            self.validate(keys[i], values[i], True) if item is _REFUSED else item
+            for i, item in enumerate(out)
+        ]
 
     def careful(self, value: bytes) -> BaseModel | Invalid:
         """The careful path: strict JSON (orjson: UTF-8, no NaN, no lone surrogate, numbers

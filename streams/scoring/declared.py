@@ -25,6 +25,7 @@ the batch, never written back), and a stored record that cannot be decoded
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -72,22 +73,39 @@ class DeclaredIntake:
         n = len(events)
         partition_of = dict(zip(map(self._entity, events), map(_PARTITION, kept), strict=True))
         offsets = np.fromiter(map(_OFFSET, kept), np.int64, n)
-        stamps = np.fromiter((t or 0 for t in map(_TIMESTAMP, kept)), np.float64, n) / 1000.0
+        if self.pipeline.schema.time is None:  # the record timestamp is the event time
+            stamps = np.fromiter((t or 0 for t in map(_TIMESTAMP, kept)), np.float64, n) / 1e3
+        else:
+            stamps = np.zeros(n)
         degraded: dict[str, str] = {}
         unreadable: set[str] = set()
         seconds = [0.0]
+        # The chunk's distinct entities by partition, with their keys: the state and the
+        # profiles are read (and the state written) for the same entities.
+        grouped: dict[int, tuple[list[int], list[bytes]]] = {}
+        key_of: dict[str, bytes] = {}
+        grouped_for: list[list[str]] = []
+
+        def by_partition(distinct: list[str]) -> dict[int, tuple[list[int], list[bytes]]]:
+            if not grouped_for or grouped_for[0] is not distinct:
+                grouped.clear()
+                grouped_for[:] = [distinct]
+                keys = list(map(str.encode, distinct))
+                key_of.update(zip(distinct, keys, strict=True))
+                partitions = np.fromiter(map(partition_of.__getitem__, distinct), np.int64)
+                for partition in np.unique(partitions).tolist():
+                    rows = np.flatnonzero(partitions == partition).tolist()
+                    grouped[partition] = rows, [keys[i] for i in rows]
+            return grouped
 
         def read(table: TableState, distinct: list[str]) -> list[bytes | None]:
             """Stored values of ``distinct`` entities: one multi-get per partition
             (:data:`UNREADABLE` for those of a partition whose read failed)."""
             values: list[bytes | None] = [None] * len(distinct)
-            by_partition: dict[int, list[int]] = {}
-            for i, entity in enumerate(distinct):
-                by_partition.setdefault(partition_of[entity], []).append(i)
             started = time.perf_counter()
-            for partition, rows in by_partition.items():
+            for partition, (rows, keys) in by_partition(distinct).items():
                 try:
-                    found = table.get_many(partition, [distinct[i].encode() for i in rows])
+                    found = table.get_many(partition, keys)
                 except Exception:  # the store failed: these entities' state is unknown
                     log.exception(
                         "reading %s of partition %d failed", table.changelog_topic, partition
@@ -104,21 +122,18 @@ class DeclaredIntake:
             return values
 
         def profile(distinct: list[str]) -> dict[str, npt.NDArray[np.float64]]:
-            names = self.pipeline.profile
-            out = {name: np.full(len(distinct), np.nan) for name in names}
+            parsed: list[dict[str, object]] = []
             for i, stored in enumerate(read(self.profiles, distinct)):
-                if stored is None:
-                    continue
-                try:
-                    features = orjson.loads(stored)
-                except orjson.JSONDecodeError:
-                    degraded.setdefault(distinct[i], "profile_undecodable")
-                    continue
-                for name in names:
-                    value = features.get(name)
-                    if isinstance(value, int | float):
-                        out[name][i] = value
-            return out
+                features = _NO_PROFILE
+                if stored is not None:
+                    try:
+                        features = orjson.loads(stored)
+                    except orjson.JSONDecodeError:
+                        degraded.setdefault(distinct[i], "profile_undecodable")
+                    if type(features) is not dict:
+                        features = _NO_PROFILE
+                parsed.append(features)
+            return {name: _numbers(parsed, name) for name in self.pipeline.profile}
 
         featurized = featurize(
             self.pipeline, events, offsets, stamps, lambda d: read(self._state, d), profile
@@ -138,7 +153,7 @@ class DeclaredIntake:
         writes: dict[int, dict[bytes, bytes]] = {}
         for entity, value in zip(featurized.entities, featurized.writes, strict=True):
             if entity not in unreadable:
-                writes.setdefault(partition_of[entity], {})[entity.encode()] = value
+                writes.setdefault(partition_of[entity], {})[key_of[entity]] = value
         changelog = [
             message
             for partition, items in writes.items()
@@ -191,3 +206,17 @@ def validate_records(schema: EventSchema, records: Sequence[Record]) -> Decoded[
             events.append(item)
             kept.append(record)
     return Decoded(kept, events, dead)
+
+
+_NO_PROFILE: dict[str, object] = {}
+
+
+def _numbers(profiles: list[dict[str, object]], name: str) -> npt.NDArray[np.float64]:
+    """Each profile's number ``name`` (NaN where it has none): one C loop over them."""
+    values = list(map(operator.methodcaller("get", name), profiles))
+    try:  # numpy reads None as NaN; stored profiles hold numbers or null (FeatureUpdate)
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):  # something else: that entity has none
+        return np.array(
+            [v if isinstance(v, int | float) else np.nan for v in values], dtype=np.float64
+        )
