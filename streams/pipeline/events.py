@@ -5,12 +5,13 @@ event is: strict types (``"3"`` is not a number), finite numbers, unknown
 fields ignored, and a record over 64 KiB malformed. Each record is tried
 first with a msgspec decoder derived from the model (one C pass, when every
 constraint of the model has a msgspec equivalent); what it refuses goes to
-strict JSON (orjson) and pydantic, the schema of record, which accepts or names
-the fault (``decode`` for a value that is not JSON, ``validate`` for JSON the
-model refuses), so the shortcut only has to accept nothing pydantic would refuse (a property test
-holds it to that). A valid chunk becomes columns: numbers and booleans as
-float64 arrays (NaN for an absent optional one), strings as object arrays,
-which is what the feature function and the state walk read.
+strict JSON (orjson) and pydantic, the schema of record, which accepts or
+names the fault (``decode`` for a value that is not JSON, ``validate`` for JSON
+the model refuses), so the shortcut only has to accept nothing that path would
+refuse (a property test holds it to that). A valid chunk becomes columns:
+numbers and booleans as float64 arrays (NaN for an absent optional one),
+strings as object arrays, which is what the feature function and the state
+walk read.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class FastDecoder:
 
     Pydantic checks patterns with Rust's regex engine; a pattern in
     :data:`_SIMPLE_PATTERN`'s form means the same to Python's, and a whole
-    chunk's values are matched in one ``map`` per field.
+    chunk's values are matched in one ``map`` per field
+    (:meth:`EventSchema.validate_many`).
     """
 
     __slots__ = ("decoder", "patterns")
@@ -140,14 +142,6 @@ class FastDecoder:
             if text is not None and pattern.fullmatch(text) is None:
                 raise ValueError(f"{name} does not match its pattern")
         return event
-
-    def decode_many(self, values: Sequence[bytes]) -> list[Any]:
-        """Every record's event; raises (ValueError, TypeError) if any is not accepted."""
-        events = list(map(self.decoder.decode, values))
-        for name, pattern in self.patterns:
-            if not all(map(pattern.fullmatch, map(operator.attrgetter(name), events))):
-                raise ValueError(f"{name} does not match its pattern")
-        return events
 
 
 def fast_decoder(event: type[BaseModel]) -> FastDecoder | None:

@@ -153,7 +153,8 @@ class DeclaredIntake:
         writes: dict[int, dict[bytes, bytes]] = {}
         for entity, value in zip(featurized.entities, featurized.writes, strict=True):
             if entity not in unreadable:
-                writes.setdefault(partition_of[entity], {})[key_of[entity]] = value
+                key = key_of.get(entity) or entity.encode()
+                writes.setdefault(partition_of[entity], {})[key] = value
         changelog = [
             message
             for partition, items in writes.items()
