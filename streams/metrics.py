@@ -45,7 +45,7 @@ DIFF_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3
 ROLLBACK_REASONS = ("error_rate", "latency", "score_distribution")
 SHED_REASONS = ("overload", "failed")
 OUTCOMES = ("scored", "degraded", "dlq")
-#: Why an event was scored on partly imputed features (see pipelines.fraud.intake).
+#: Why an event was scored on partly imputed state (see streams.scoring.declared).
 DEGRADED_REASONS = ("state_unreadable", "profile_undecodable", "history_undecodable")
 
 

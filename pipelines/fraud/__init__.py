@@ -102,7 +102,8 @@ def traffic(entities: int, seed: int) -> Traffic:
 
 
 def sample() -> list[bytes]:
-    """What the bench and the stage probe replay: 20,000 synthetic events, in order."""
+    """What the bench's stage probe replays (``benchmarks.pipeline_probe``): 20,000
+    synthetic events, in order."""
     return [value for _, value in traffic(1_000, 7).events(20_000)]
 
 

@@ -1,14 +1,17 @@
 """What the model sees: the feature catalogue, shared by training and serving.
 
-Training (``pipelines.fraud.train``) and the worker (``pipelines.fraud.intake``) both turn
-events into model input with :func:`featurize`, so the two cannot drift apart.
-Raw features come out untransformed apart from fixed log/ratio maps; a model's
-own preprocessing (normalisation, imputation, one-hot) is in its manifest and
-applied by :mod:`pipelines.fraud.preprocess`.
+The worker, ``pipeline check`` and ``pipeline features`` compute the model input
+with the pipeline's feature function (:func:`features`, over a chunk and its
+state); training and the synthetic world with :func:`featurize`, over lists.
+Both compute the numbers with :func:`numeric_features`, and a test holds their
+outputs equal. Raw features come out untransformed apart from fixed log/ratio
+maps; a model's own preprocessing (normalisation, imputation, one-hot) is in
+its manifest and applied by :mod:`pipelines.fraud.preprocess`.
 
-Per-entity history (count, mean amount, time since the previous event) is
-state declared with the pipeline API (:data:`HISTORY`) and walked by the same
-function as every pipeline's (:func:`roll` hands it the fraud columns). Its
+Per-entity history (count, mean amount, time since the previous event) is the
+pipeline's declared state (:data:`STATE`, laid out as :data:`HISTORY`) and
+walked by the same function as every pipeline's (:func:`roll` hands it the
+fraud columns). Its
 record carries the offset of the last event it counts, so replaying an event
 after a crash or a rebalance never counts it twice and an older event never
 rolls the state back.
