@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     routing_rules: list[RoutingRule] = Field(
         default_factory=list,
         description="JSON list: events matching a rule go to its model, e.g. "
-        '[{"model": "fraud-deep", "where": {"amount": {"gte": 1000}, "channel": ["pos"]}}]',
+        '[{"model": "NAME:VERSION", "where": {"FIELD": {"gte": 1000}, "OTHER": ["a", "b"]}}]',
     )
     shadow_max_pending: int = Field(
         2_048, ge=1, le=10_000_000, description="shadow events queued before shadow work is shed"

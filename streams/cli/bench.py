@@ -73,7 +73,8 @@ def _default_quix_python() -> Path:
     "--payload-bytes",
     default=0,
     show_default=True,
-    help="Pad each event's merchant so its value is this many bytes (0: ~150, unpadded).",
+    help="fraud: pad each event's free-text field so its value is this many bytes "
+    "(0: ~150, unpadded).",
 )
 @click.option(
     "--malformed-share",

@@ -4,13 +4,13 @@ Declared once, as values::
 
     state = {
         "purchases": Count(),
-        "spend": Sum("amount"),
-        "mean_spend": Mean("amount", half_life=90 * 86_400),
-        "largest": Max("amount"),
-        "last_amount": Last("amount"),
+        "spend": Sum("dollars"),
+        "mean_spend": Mean("dollars", half_life=90 * 86_400),
+        "largest": Max("dollars"),
+        "last_dollars": Last("dollars"),
         "gap": SincePrevious(),
     }
-    window = Window(20, fields=("amount", "cds", "ts"))
+    window = Window(20, fields=("dollars", "cds", "ts"))
 
 Each entity's state is one fixed-size record (a numpy structured dtype, the
 :class:`StateLayout`), so a chunk's states are read with one multi-get and
@@ -165,7 +165,7 @@ class Window:
         if not isinstance(self.size, int) or not 1 <= self.size <= MAX_WINDOW:
             raise PipelineError(f"Window size must be an integer from 1 to {MAX_WINDOW}")
         if not self.fields:
-            raise PipelineError("Window needs the event fields it keeps, e.g. fields=('amount',)")
+            raise PipelineError("Window needs the event fields it keeps, e.g. fields=('dollars',)")
         if len(set(self.fields)) != len(self.fields):
             raise PipelineError(f"Window fields listed twice: {self.fields}")
         object.__setattr__(self, "fields", tuple(self.fields))

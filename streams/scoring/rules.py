@@ -3,7 +3,7 @@
 A rule names fields of the event (``STREAMSCORE_ROUTING_RULES``), so a worker
 checks, before it joins a group, that each field exists, that bounds are set
 on numbers only, and that each listed value is one the field can take: a
-misspelt field or a channel that cannot occur is a message at start, never a
+misspelt field or a value outside a Literal is a message at start, never a
 rule that silently matches nothing.
 """
 
