@@ -1,11 +1,11 @@
 """The input: events (and malformed ones), their topics, and how they are published.
 
 Every configuration gets the same records: :class:`InputStream` rebuilds the
-same :class:`~pipelines.fraud.synthetic.SyntheticWorld` from the seed for each one (for
-``fraud``), or replays the pipeline's declared sample from its start (for any
-other pipeline), so the backlog, the paced loads and the burst are identical as
-long as their sizes are. Event ids carry no phase tag: they run on across
-calls, so they are unique within a configuration's topic.
+pipeline's declared synthetic traffic from the seed for each one (``fraud``'s
+world), or replays its declared sample from its start (a pipeline without
+traffic, ``purchases``), so the backlog, the paced loads and the burst are
+identical as long as their sizes are. Event ids carry no phase tag: they run
+on across calls, so they are unique within a configuration's topic.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from benchmarks.exceptions import BenchmarkError
-from pipelines.fraud.synthetic import SyntheticWorld, malformed_values
-from streams.pipeline import load_pipeline
+from streams.pipeline import PipelineError, Traffic, load_pipeline
 
 #: Shortest sleep of the paced producer between bursts of due records.
 _PACING_TICK_S = 0.001
@@ -34,10 +33,10 @@ class Workload:
     events: int
     keys: int
     partitions: int
-    payload_bytes: int = 0  # 0: the synthetic event as it is (about 150 bytes)
+    payload_bytes: int = 0  # 0: each event as it is (a fraud event: about 150 bytes)
     malformed_share: float = 0.005
     seed: int = 11
-    pipeline: str = "fraud"  # the synthetic fraud world; any other: its declared sample
+    pipeline: str = "fraud"  # its declared traffic, or else its declared sample
 
     @property
     def malformed(self) -> int:
@@ -56,33 +55,39 @@ class Record(NamedTuple):
     event_id: str | None
 
 
+#: Malformed values of a pipeline without synthetic traffic: every pipeline refuses them.
+_MALFORMED = (b"{not json", b"[1, 2]", b'{"no": "field of any event"}', b"\xff\xfe{}", b"")
+
+
 class InputStream:
-    """The synthetic events of one configuration's run, in the order they are published."""
+    """The events of one configuration's run, in the order they are published."""
 
     def __init__(self, workload: Workload) -> None:
         self.workload = workload
-        self._world: SyntheticWorld | None = None
+        try:
+            pipeline = load_pipeline(workload.pipeline)
+        except PipelineError as exc:
+            raise BenchmarkError(str(exc)) from exc
+        self.event_id = pipeline.schema.event_id  # the events' id field
+        self._traffic: Traffic | None = None
         self._replay: SampleReplay | None = None
-        if workload.pipeline == "fraud":
-            self._world = SyntheticWorld(seed=workload.seed, n_entities=workload.keys)
+        if pipeline.traffic is not None:
+            self._traffic = pipeline.traffic(workload.keys, workload.seed)
         else:
             self._replay = SampleReplay(workload.pipeline)
 
-    @property
-    def event_id(self) -> str:
-        """The events' id field."""
-        return "event_id" if self._replay is None else self._replay.event_id
-
     def profiles(self) -> list[tuple[bytes, bytes]]:
         """Feature updates for the features topic, so that profile lookups hit."""
-        if self._world is None:
-            return []
-        return [(str(p["entity_id"]).encode(), orjson.dumps(p)) for p in self._world.profiles()]
+        return [] if self._traffic is None else list(self._traffic.profiles())
 
     def backlog(self) -> list[Record]:
         """The pre-loaded records: valid events with the malformed ones spread evenly."""
         valid = self.events(self.workload.valid)
-        bad = malformed_values(self.workload.seed, self.workload.malformed)
+        n_bad = self.workload.malformed
+        if self._traffic is not None:
+            bad = list(self._traffic.malformed(n_bad, self.workload.seed))
+        else:
+            bad = [_MALFORMED[i % len(_MALFORMED)] for i in range(n_bad)]
         if not bad:
             return valid
         out: list[Record] = []
@@ -94,25 +99,32 @@ class InputStream:
                 value = next(bad_values, None)
                 if value is not None:
                     out.append(Record(record.key, value, None))
-        out.extend(Record(b"acct-000000", value, None) for value in bad_values)
+        out.extend(Record(valid[-1].key if valid else b"k", value, None) for value in bad_values)
         return out
 
     def events(self, n: int) -> list[Record]:
         """The next ``n`` valid events, padded to the workload's payload size."""
         if self._replay is not None:
             return self._replay.events(n)
-        assert self._world is not None
+        assert self._traffic is not None
         target = self.workload.payload_bytes
         out = []
-        for item in self._world.events(n):
-            event = item.event
-            value = orjson.dumps(event)
+        for key, value in self._traffic.events(n):
+            event_id = str(orjson.loads(value)[self.event_id])
             if len(value) < target:
-                # Pad the merchant: a free-text field the model ignores.
-                event["merchant"] = f"{event['merchant']}-{'x' * (target - len(value) - 1)}"
-                value = orjson.dumps(event)
-            out.append(Record(str(event["entity_id"]).encode(), value, str(event["event_id"])))
+                value = _padded(value, target)
+            out.append(Record(key, value, event_id))
         return out
+
+
+def _padded(value: bytes, target: int) -> bytes:
+    """``value`` (a JSON object) with a field no event declares, making it ``target`` bytes
+    long (every pipeline ignores unknown fields)."""
+    head = value.rstrip()
+    room = target - len(head) - len(b',"pad":""')
+    if not head.endswith(b"}") or room < 0:
+        return value
+    return head[:-1] + b',"pad":"' + b"x" * room + b'"}'
 
 
 class SampleReplay:
