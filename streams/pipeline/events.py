@@ -22,7 +22,7 @@ import operator
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from pydantic_core import PydanticUndefined
 
 from streams.pipeline.errors import PipelineError
 
-__all__ = ["MAX_RECORD_BYTES", "Column", "EventSchema", "Invalid", "field_kind"]
+__all__ = ["MAX_RECORD_BYTES", "Column", "Columns", "EventSchema", "Invalid", "field_kind"]
 
 #: A record (key + value) larger than this is malformed, for every pipeline.
 MAX_RECORD_BYTES = 64 * 1024
@@ -299,13 +299,15 @@ class EventSchema:
             return list(map(self.validate, keys, values, one_by_one))
         decode = fast.decoder.decode
         items: list[Any] = []
+        refused = 0
         while len(items) < len(values):
             try:  # extend() keeps what it decoded before a refusal: resume after that one
                 items.extend(map(decode, itertools.islice(values, len(items), None)))  # type: ignore[arg-type]
             except _REFUSALS:
                 items.append(_REFUSED)
-        rows = [i for i, item in enumerate(items) if item is not _REFUSED]
-        every = len(rows) == len(items)
+                refused += 1
+        every = not refused
+        rows = range(len(items)) if every else [i for i, x in enumerate(items) if x is not _REFUSED]
         accepted = items if every else [items[i] for i in rows]
         texts = values if every else [values[i] for i in rows]
         entities = map(operator.attrgetter(self.key), accepted)
@@ -355,23 +357,49 @@ class EventSchema:
         except ValidationError as exc:
             return Invalid("validate", "ValidationError", _one_line(exc))
 
-    def columns(self, events: Sequence[Any]) -> dict[str, Column]:
-        """Each field of ``events`` as an array (numbers float64, NaN when absent)."""
-        out: dict[str, Column] = {}
-        for name, kind in self.kinds.items():
-            values = list(map(operator.attrgetter(name), events))  # one C loop per field
-            if kind == "number":
-                try:  # numpy reads None as NaN, booleans as 0 and 1
-                    out[name] = np.array(values, dtype=np.float64)
-                except (OverflowError, TypeError, ValueError):  # an int beyond a double
-                    out[name] = np.array(
-                        [np.nan if v is None else float(v) for v in values], dtype=np.float64
-                    )
-            else:
-                column = np.empty(len(values), dtype=object)
-                column[:] = values
-                out[name] = column
-        return out
+    def columns(self, events: Sequence[Any]) -> Columns:
+        """Each field of ``events`` as an array (numbers float64, NaN when absent), made
+        the first time it is read: a field no stage and no feature reads costs nothing."""
+        return Columns(events, self.kinds)
+
+
+class Columns(Mapping[str, Column]):
+    """A chunk's fields as columns, each built on first use (one C loop per field)."""
+
+    __slots__ = ("_built", "_events", "_kinds")
+
+    def __init__(self, events: Sequence[Any], kinds: Mapping[str, str]) -> None:
+        self._events = events
+        self._kinds = kinds
+        self._built: dict[str, Column] = {}
+
+    def __getitem__(self, name: str) -> Column:
+        column = self._built.get(name)
+        if column is None:
+            kind = self._kinds[name]  # KeyError for a name that is not a field
+            column = self._built[name] = _column(self._events, name, kind)
+        return column
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+
+def _column(events: Sequence[Any], name: str, kind: str) -> Column:
+    values = list(map(operator.attrgetter(name), events))
+    if kind == "number":
+        try:  # numpy reads None as NaN, booleans as 0 and 1
+            return np.array(values, dtype=np.float64)
+        except (OverflowError, TypeError, ValueError):  # an int beyond a double
+            return np.array([np.nan if v is None else float(v) for v in values], np.float64)
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
 
 
 def _one_line(exc: ValidationError) -> str:

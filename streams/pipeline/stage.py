@@ -36,7 +36,7 @@ class Featurized:
     failures: dict[int, str]  # row -> why it has no features
     restarted: Bools  # rows whose stored state could not be read or decoded (scored degraded)
     time: npt.NDArray[np.float64]  # each event's time, epoch seconds
-    columns: dict[str, Column]  # the events' fields, as the feature function read them
+    columns: Mapping[str, Column]  # the events' fields, as the feature function read them
     entities: list[str]  # the distinct entities of the chunk, in first-seen order
     writes: list[bytes]  # each one's state after the chunk
 
