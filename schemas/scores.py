@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Annotated, Literal
 
 import msgspec
@@ -112,6 +114,31 @@ class ScoreBatch:
         row = _Row(event_id, entity_id, float(score), *encoder.constant, float(event_ts),
                    scored_ts, source)  # fmt: skip
         self._rows.append(row)
+
+    def extend(
+        self,
+        encoder: ScoreEncoder,
+        event_ids: Sequence[str],
+        entity_ids: Sequence[str],
+        scores: Sequence[float],
+        event_ts: Sequence[float],
+        scored_ts: float,
+        topics: Iterable[str],
+        partitions: Iterable[int],
+        offsets: Iterable[int],
+    ) -> None:
+        """Many scores of one rung, as :meth:`add` makes each (one C loop, no call per score).
+
+        Every score and time must already be a Python float (``ndarray.tolist()`` gives them).
+        """
+        model, version, degraded, route = encoder.constant
+        self._rows.extend(
+            map(
+                _Row, event_ids, entity_ids, scores, repeat(model), repeat(version),
+                repeat(degraded), repeat(route), event_ts, repeat(scored_ts),
+                map(_Source, topics, partitions, offsets),
+            )
+        )  # fmt: skip
 
     def encode(self) -> list[bytes]:
         """Each score's JSON value, in the order they were added."""

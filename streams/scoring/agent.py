@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Self
 
 import numpy as np
@@ -46,6 +47,9 @@ from streams.scoring.ladder import ROUTE_NAMES, Outcome, Route
 from streams.scoring.router import Deployment, route_batch
 
 log = logging.getLogger(__name__)
+
+_KEY, _TOPIC = attrgetter("key"), attrgetter("topic")
+_PARTITION, _OFFSET = attrgetter("partition"), attrgetter("offset")
 
 #: What a score from the last rung of the ladder names as its model.
 DEFAULT_MODEL, DEFAULT_VERSION = "default", "1"
@@ -316,7 +320,23 @@ class ScoringPipeline:
         scored_per_part: list[int] = []
         degraded_rows = 0  # scored on partly imputed features by a rung that is not degraded
         row = 0
-        for part in parts:
+        one_rung = len(set(routes)) == 1 and routes[0] != Route.FAILED
+        whole = one_rung and not any(part.degraded.any() for part in parts)
+        if whole:  # the usual batch: one rung scored every event, none on imputed state
+            route = routes[0]
+            for part in parts:
+                records = part.records
+                batch.extend(
+                    encoders[route], part.ids, part.entities, scores[row : row + len(part)],
+                    part.times, scored_ts, map(_TOPIC, records), map(_PARTITION, records),
+                    map(_OFFSET, records),
+                )  # fmt: skip
+                keys.extend(map(_KEY, records))
+                sources.extend(records)
+                scored_per_part.append(len(part))
+                row += len(part)
+            counts[route] = row
+        for part in () if whole else parts:  # failures, several rungs, or imputed state
             before = len(sources)
             flags = part.degraded.tolist() if part.degraded.any() else None
             rows = zip(part.records, part.ids, part.entities, part.times, strict=True)

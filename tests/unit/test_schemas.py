@@ -172,6 +172,23 @@ def test_a_score_batch_writes_what_the_schema_would_for_each_score(
         assert isinstance(orjson.loads(value)["event_ts"], float)
 
 
+@settings(max_examples=200, deadline=None)
+@given(rows=_SCORE_ROWS)
+def test_a_score_batch_extended_at_once_writes_what_one_add_per_score_writes(
+    rows: list[tuple[str, str, float, float, float, str, str, str, int, int]],
+) -> None:
+    encoder = ScoreEncoder("m", "1", False, "primary")
+    one_by_one, at_once = ScoreBatch(), ScoreBatch()
+    for event_id, entity_id, score, event_ts, *_, topic, part, off in rows:
+        one_by_one.add(encoder, event_id, entity_id, score, event_ts, 1.5, topic, part, off)
+    columns = list(zip(*rows, strict=True)) if rows else [[]] * 10
+    at_once.extend(
+        encoder, columns[0], columns[1], [float(v) for v in columns[2]],
+        [float(v) for v in columns[3]], 1.5, columns[7], columns[8], columns[9],
+    )  # fmt: skip
+    assert at_once.encode() == one_by_one.encode()
+
+
 def test_dead_letter_headers_keep_the_originals_first_and_cut_long_messages() -> None:
     headers = dead_letter_headers(
         [("trace", b"1")], stage="validate", error_class="ValidationError",
