@@ -5,8 +5,9 @@ of a declared architecture (:mod:`models.programs`). A pipeline whose models
 predate those, or need their own preprocessing stored beside the weights,
 declares a :class:`ModelFormat`: how its manifest is read, how an artifact is
 loaded onto a device, and what else a model must pass before it enters the
-registry. The registry, rollouts and the worker use it as they use the two
-built-in formats; nothing else about the pipeline changes.
+registry. The registry, rollouts and the worker use it for every manifest that
+does not name its ``inputs`` (one that does is a program, read as for any
+pipeline); nothing else about the pipeline changes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """A pipeline's models: their manifests read, loaded and vetted in the pipeline's format.
 
-The one place that knows a pipeline may bring its own :class:`~models.formats.ModelFormat`;
-without one, its models are :mod:`models.programs` artifacts made for it. The worker,
-``models add``, ``pipeline check`` and the bench all load through here.
+The one place that knows a pipeline may bring its own :class:`~models.formats.ModelFormat`.
+Every pipeline's models can be :mod:`models.programs` artifacts made for it (a manifest
+naming its ``inputs``); a pipeline with a format of its own reads every other manifest
+in that format. The worker, ``models add``, ``pipeline check`` and the bench all load
+through here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 
 import torch
 
+from models.artifact import manifest_json
+from models.errors import ArtifactError
 from models.execution import ExecutionOptions
 from models.formats import ArtifactManifest
 from models.programs import load_program, read_program_manifest
@@ -21,9 +25,22 @@ from streams.pipeline.declare import Pipeline
 __all__ = ["add_model", "load_model", "read_model_manifest", "register_model", "vet_model"]
 
 
+def _own_format(pipeline: Pipeline, directory: Path) -> bool:
+    """Whether the artifact in ``directory`` is in the pipeline's own format (not a program:
+    a program's manifest names its inputs)."""
+    if pipeline.model_format is None:
+        return False
+    try:
+        data = manifest_json(directory)
+    except ArtifactError:
+        return True  # unreadable: the pipeline's own format says why
+    return not (isinstance(data, dict) and "inputs" in data)
+
+
 def read_model_manifest(pipeline: Pipeline, directory: Path) -> ArtifactManifest:
     """The validated manifest of the artifact in ``directory``, read as ``pipeline`` reads it."""
-    if pipeline.model_format is not None:
+    if _own_format(pipeline, directory):
+        assert pipeline.model_format is not None
         return pipeline.model_format.read(Path(directory))
     return read_program_manifest(Path(directory))
 
@@ -37,7 +54,8 @@ def load_model(
     """The model in ``directory``, checked against ``pipeline`` (made for it, taking exactly
     the inputs its features produce) and loaded onto ``device``."""
     target = torch.device(device)
-    if pipeline.model_format is not None:
+    if _own_format(pipeline, directory):
+        assert pipeline.model_format is not None
         return pipeline.model_format.load(Path(directory), target, execution)
     return load_program(
         Path(directory),
@@ -51,8 +69,9 @@ def load_model(
 def vet_model(pipeline: Pipeline, directory: Path) -> ArtifactManifest:
     """Load the model on the CPU and run every check ``models add`` asks of it; its manifest."""
     model = load_model(pipeline, directory)
-    if pipeline.model_format is not None and pipeline.model_format.vet is not None:
-        pipeline.model_format.vet(model)
+    own = pipeline.model_format
+    if own is not None and own.vet is not None and _own_format(pipeline, directory):
+        own.vet(model)
     manifest: ArtifactManifest = model.manifest
     return manifest
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,3 +131,45 @@ def test_letter_codes_are_distinct_for_distinct_codes(width: int) -> None:
     values = ["".join(p) for p in product(ascii_uppercase, repeat=width)]
     codes = letter_codes(values, width)
     assert sorted(codes.tolist()) == list(range(26**width))
+
+
+class _TinyFraud(torch.nn.Module):
+    """A user's own fraud model on the pipeline's inputs (it imputes the NaN itself)."""
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        amount = torch.nan_to_num(numeric[:, 0], nan=0.0)
+        return torch.sigmoid(0.3 * amount - 2.0 + (categorical[:, 0] == 1).float())
+
+
+def test_a_torch_export_program_serves_fraud_beside_its_own_format(tmp_path: Path) -> None:
+    """With fraud declared, a model trained on `pipeline features --pipeline fraud` and
+    exported with torch.export is added and scores as any pipeline's program does."""
+    from models.programs import save_program
+    from pipelines.fraud import pipeline as fraud
+    from pipelines.fraud.features import encode_categorical
+
+    artifact = save_program(
+        tmp_path / "tiny", name="fraud-tiny", version="1", pipeline="fraud",
+        inputs=fraud.describe_inputs(), model=_TinyFraud(),
+        example=(torch.zeros(4, len(NUMERIC_FEATURES)), torch.zeros(4, 3, dtype=torch.int64)),
+    )  # fmt: skip
+    registry = tmp_path / "registry"
+    env = {"STREAMSCORE_MODEL_REGISTRY": str(registry)}
+    added = CliRunner(env=env).invoke(main, ["models", "add", "--pipeline", "fraud", str(artifact)])
+    assert added.exit_code == 0, added.output
+    assert "added fraud-tiny:1" in added.stdout
+
+    events = [e.event for e in SyntheticWorld(8, n_entities=30).events(200)]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    result = CliRunner(env=env).invoke(
+        main, ["pipeline", "check", "--pipeline", "fraud", "--model", "fraud-tiny:1", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    scores = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {s["model"] for s in scores} == {"fraud-tiny"}
+    raw = build_features(events, {})
+    expected = _TinyFraud()(
+        torch.from_numpy(raw.numeric), torch.from_numpy(encode_categorical(*raw.categorical))
+    ).numpy()
+    np.testing.assert_allclose([s["score"] for s in scores], expected, atol=1e-6)
