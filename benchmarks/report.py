@@ -251,6 +251,38 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
                 f"| **{_mib(p.peak_rss)}** | {_mib(drain.peak_rss) if drain else _NONE} "
                 f"| {flight} |"
             )
+    overloads = [p for p in results.phases if p.kind == "overload"]
+    if overloads:
+        lines += [
+            "",
+            "## Overload: offered past the drain peak",
+            "",
+            f"{options.overload:g} times streamscore's drain rate offered for "
+            f"{options.latency_seconds:g} s (on a new broker, after a warm-up), with "
+            f"`STREAMSCORE_DEADLINE_MS={options.overload_deadline_ms:g}`: an event older than "
+            "that when its batch is scored skips the primary model (a degraded score from the "
+            "fallback). What cannot be admitted waits in Kafka, so end-to-end latency grows "
+            "with the backlog; what is admitted keeps the bounded wait. In flight and paused "
+            "partitions are the highest `streamscore_in_flight` and "
+            "`streamscore_paused_partitions` (every partition the worker reads, profiles "
+            "included: intake stops fetching them all) sampled every 0.1 s; in the worker is "
+            "`streamscore_processing_latency_seconds` (fetch to score handed to the producer).",
+            "",
+            "| configuration | offered/s | achieved/s | events | in the worker p50 / p99 ms "
+            "| end to end p50 / p99 ms | max in flight | max paused partitions "
+            "| degraded | deadline missed | CPU cores: process / bench |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for p in overloads:
+            share = (p.degraded or 0) / max(1, p.scored)
+            flight = _NONE if p.max_in_flight is None else f"{p.max_in_flight:,.0f}"
+            paused = _NONE if p.max_paused is None else f"{p.max_paused:,.0f}"
+            lines.append(
+                f"| {_name(p.config)} | {p.offered_rate or 0:,.0f} | {p.rate:,.0f} "
+                f"| {p.records:,} | **{_p50_p99(p.in_worker)}** | {_p50_p99(p.latency)} "
+                f"| {flight} | {paused} | {p.degraded or 0:,} ({share:.1%}) "
+                f"| {p.deadline_missed or 0:,} | {_cores(p.process_cpu)} / {_cores(p.bench_cpu)} |"
+            )
     lines += ["", "## Configurations", ""]
     for key in options.configs:
         config = CONFIGS[key]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,7 @@ from streams.kafka.embedded import EmbeddedBroker
 Basis = Literal["first", "own"]
 #: The worker's histograms of its own share of latency, and of Kafka's before it.
 PROCESSING_LATENCY = "streamscore_processing_latency_seconds"
+IN_FLIGHT, PAUSED = "streamscore_in_flight", "streamscore_paused_partitions"
 ARRIVAL_LATENCY = "streamscore_arrival_latency_seconds"
 Echo = Callable[[str], None]
 
@@ -65,6 +67,8 @@ class Options:
     naive_fetch_wait_ms: int = 10
     quix_python: Path = Path(".venv/quix-peer/bin/python")
     rounds: int = 1  # drains of every configuration, alternating (latency and burst: round 1)
+    overload: float = 0.0  # offered load past the drain peak (1.5: 150%); 0: none
+    overload_deadline_ms: float = 250.0  # STREAMSCORE_DEADLINE_MS of the overload phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +76,7 @@ class Phase:
     """One measured phase of one configuration."""
 
     config: str
-    kind: Literal["drain", "load", "burst"]
+    kind: Literal["drain", "load", "burst", "overload"]
     offered_rate: float | None  # events/s offered (loads only)
     records: int  # input records published in the phase
     scored: int
@@ -95,6 +99,9 @@ class Phase:
     broker_cpu_us_per_event: float | None = None  # drain: the broker's CPU per output, in µs
     note: str = ""
     round: int = 1
+    max_paused: float | None = None  # overload: highest streamscore_paused_partitions sampled
+    degraded: int | None = None  # overload: scores the ladder degraded (the deadline, mostly)
+    deadline_missed: int | None = None  # overload: events past the deadline at scoring
 
     @property
     def complete(self) -> bool:
@@ -222,6 +229,17 @@ def _run_config(
              f"p99 {load.latency.p99:,.0f} ms")  # fmt: skip
         if not load.complete:
             return
+    if options.overload > 0 and config.batches and not config.env:  # streamscore as shipped
+        rate = options.overload * phase.rate
+        deadline = {"STREAMSCORE_DEADLINE_MS": f"{options.overload_deadline_ms:g}"}
+        overloaded = dataclasses.replace(config, env={**config.env, **deadline})
+        over = _fresh_load(overloaded, Topics(f"{topics.prefix}-over"), launch, source, options,
+                           rate, kind="overload")  # fmt: skip
+        results.phases.append(over)
+        p99 = over.in_worker.p99 if over.in_worker else float("nan")
+        flight, degraded = over.max_in_flight or 0, over.degraded or 0
+        echo(f"[{config.key}] overload {rate:,.0f}/s: in the worker p99 {p99:,.0f} ms, "
+             f"max in flight {flight:,.0f}, degraded {degraded:,}")  # fmt: skip
 
 
 #: Seconds of the offered rate published (and drained) before a load is measured.
@@ -230,7 +248,7 @@ WARM_UP_S = 1.0
 
 def _fresh_load(
     config: Config, topics: Topics, launch: Launch, source: InputStream, options: Options,
-    rate: float,
+    rate: float, kind: Literal["load", "overload"] = "load",
 ) -> Phase:  # fmt: skip
     """One offered load, on a new embedded broker, with new topics and a new process.
 
@@ -251,7 +269,7 @@ def _fresh_load(
             if not warm.complete:
                 return warm
             records = source.events(max(1, round(rate * options.latency_seconds)))
-            return measured.paced(records, rate)
+            return measured.paced(records, rate, kind)
     finally:
         broker.stop()
 
@@ -314,6 +332,7 @@ class _Measured:
     _batches: tuple[float, float] = (0.0, 0.0)  # streamscore_batch_size sum, count so far
     _histograms: dict[str, dict[float, float]] = field(default_factory=dict)  # buckets so far
     _in_flight: float = 0.0
+    _paused: float = 0.0
 
     def pids(self) -> dict[str, int]:
         """The measured process and the embedded broker (whose CPU is charged too)."""
@@ -345,22 +364,71 @@ class _Measured:
         # Not complete: read what came out all the same, so the report says what is missing.
         return self.tally.read(sent_ms, malformed, quiet_s=3.0 if done else 1.0)
 
-    def paced(self, records: Sequence[Record], rate: float) -> Phase:
+    def paced(
+        self, records: Sequence[Record], rate: float, kind: Literal["load", "overload"] = "load"
+    ) -> Phase:
+        """Publish at ``rate``; an overload also samples in-flight and paused partitions."""
         self.monitor.reset()
+        self._in_flight = self._paused = 0.0
+        sampling = kind == "overload" and self.config.batches
+        before = self._ladder() if sampling else None
         # CPU shares while the load is offered: the load generator shares the machine.
         wall, bench, used = time.monotonic(), time.process_time(), cpu_seconds(self.process.pid)
-        sent = self.publisher.publish_paced(self.topics.events, records, rate)
-        wall = time.monotonic() - wall
-        cpu = (
-            (time.process_time() - bench) / wall,
-            (cpu_seconds(self.process.pid) - used) / wall,
-        )
-        sent_ms = {str(r.event_id): ms for r, ms in zip(records, sent, strict=True)}
-        out = self.phase("load", None, sent_ms, 0)
+        with self._sampler() if sampling else contextlib.nullcontext():
+            sent = self.publisher.publish_paced(self.topics.events, records, rate)
+            wall = time.monotonic() - wall
+            cpu = (
+                (time.process_time() - bench) / wall,
+                (cpu_seconds(self.process.pid) - used) / wall,
+            )
+            sent_ms = {str(r.event_id): ms for r, ms in zip(records, sent, strict=True)}
+            out = self.phase(kind, None, sent_ms, 0)
         # From the first input to the last output: at most the offered rate, and short of
         # it when the configuration did not keep up.
         achieved = out.outputs / (max(out.last_ms - sent[0], 1) / 1000.0)
-        return self.result(out, "load", rate, len(records), achieved=achieved, cpu=cpu)
+        phase = self.result(out, kind, rate, len(records), achieved=achieved, cpu=cpu)
+        if before is None:
+            return phase
+        after = self._ladder()
+        return dataclasses.replace(
+            phase, max_in_flight=self._in_flight, max_paused=self._paused,
+            degraded=int(after[0] - before[0]), deadline_missed=int(after[1] - before[1]),
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _sampler(self, every_s: float = 0.1) -> Iterator[None]:
+        """Sample in-flight and paused partitions on a thread while the block runs."""
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(every_s):
+                with contextlib.suppress(OSError, KeyError, StreamscoreError):  # a missed one
+                    text = self.process.metrics()
+                    self._in_flight = max(self._in_flight, metric_value(text, IN_FLIGHT))
+                    self._paused = max(self._paused, metric_value(text, PAUSED))
+
+        thread = threading.Thread(target=sample, name="bench-sampler", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _ladder(self) -> tuple[float, float]:
+        """Degraded scores and missed deadlines counted so far by the process."""
+        text = self.process.settled_metrics()
+
+        def count(name: str, labels: dict[str, str] | None = None) -> float:
+            try:
+                return metric_value(text, name, labels)
+            except KeyError:  # a labelled counter shows no sample before its first count
+                return 0.0
+
+        return (
+            count("streamscore_events_total", {"outcome": "degraded"}),
+            count("streamscore_deadline_missed_total"),
+        )
 
     def burst(self, records: Sequence[Record]) -> Phase:
         """Publish as fast as possible while the process runs; watch memory and in-flight."""
@@ -374,7 +442,7 @@ class _Measured:
 
     def _sample_in_flight(self) -> None:
         with contextlib.suppress(OSError, KeyError, StreamscoreError):  # a missed sample
-            value = metric_value(self.process.metrics(), "streamscore_in_flight")
+            value = metric_value(self.process.metrics(), IN_FLIGHT)
             self._in_flight = max(self._in_flight, value)
 
     def _since_last_phase(self) -> tuple[float | None, dict[str, Percentiles]]:
@@ -400,7 +468,7 @@ class _Measured:
     def result(
         self,
         out: PhaseOutput,
-        kind: Literal["drain", "load", "burst"],
+        kind: Literal["drain", "load", "burst", "overload"],
         rate: float | None,
         records: int,
         *,

@@ -121,6 +121,19 @@ def _default_quix_python() -> Path:
     help="Burst of this many seconds of each configuration's drain rate (0: none).",
 )
 @click.option(
+    "--overload",
+    default=1.5,
+    show_default=True,
+    help="streamscore (a) offered this multiple of its drain rate for --latency-seconds, "
+    "with a deadline set: in flight, paused partitions, in-worker p99, degraded share (0: none).",
+)
+@click.option(
+    "--overload-deadline-ms",
+    default=250.0,
+    show_default=True,
+    help="STREAMSCORE_DEADLINE_MS of the overload phase: older events skip the primary model.",
+)
+@click.option(
     "--timeout",
     default=60.0,
     show_default=True,
@@ -167,6 +180,8 @@ def bench(
     latency_basis: Basis,
     latency_seconds: float,
     burst: float,
+    overload: float,
+    overload_deadline_ms: float,
     timeout: float,
     seed: int,
     naive_fetch_wait_ms: int,
@@ -185,6 +200,9 @@ def bench(
     if not 0 <= malformed_share < 1 or latency_seconds <= 0 or burst < 0 or timeout <= 0:
         fail("--malformed-share must be in [0, 1); --latency-seconds and --timeout "
              "positive; --burst not negative", EXIT_USAGE)  # fmt: skip
+    if overload < 0 or (0 < overload <= 1) or overload_deadline_ms <= 0:
+        fail("--overload must be 0 (none) or above 1 (a multiple of the drain rate); "
+             "--overload-deadline-ms positive", EXIT_USAGE)  # fmt: skip
     loads, rates = _floats(latency_loads), _floats(latency_rates)
     if any(x <= 0 for x in loads + rates):
         fail("--latency-loads and --latency-rates must be positive", EXIT_USAGE)
@@ -217,6 +235,8 @@ def bench(
         latency_basis=latency_basis,
         latency_seconds=latency_seconds,
         burst=burst,
+        overload=overload,
+        overload_deadline_ms=overload_deadline_ms,
         stall_timeout=timeout,
         naive_fetch_wait_ms=naive_fetch_wait_ms,
         quix_python=quix,

@@ -29,8 +29,8 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
         main,
         ["bench", "--events", "2000", "--keys", "200", "--partitions", "4",
          "--malformed-share", "0.01", "--configs", "a,b,e", "--latency-loads", "0.1",
-         "--latency-seconds", "1.5", "--burst", "0.25", "--output", str(tmp_path),
-         "--name", "t"],
+         "--latency-seconds", "1.5", "--burst", "0.25", "--overload", "1.5",
+         "--overload-deadline-ms", "1", "--output", str(tmp_path), "--name", "t"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
 
@@ -52,6 +52,16 @@ def test_bench_runs_streamscore_configurations_and_reports(tmp_path: Path) -> No
         assert drain["mean_batch"] >= 1
     assert drains["b"]["mean_batch"] == 1.0
     assert drains["a"]["mean_batch"] > 1.0
+
+    # Overload: streamscore as shipped only, every admitted event scored, in flight bounded,
+    # and with a 1 ms deadline (every event is older than that when scored) degraded scores.
+    (over,) = [p for p in phases if p["kind"] == "overload"]
+    assert over["config"] == "a"
+    assert over["offered_rate"] == pytest.approx(1.5 * drains["a"]["rate"])
+    assert (over["missing"], over["duplicates"], over["scored"]) == (0, 0, over["records"])
+    assert 0 < over["max_in_flight"] <= 4096
+    assert over["scored"] >= over["degraded"] >= over["deadline_missed"] > over["scored"] / 2
+    assert 0 < over["in_worker"]["p50"] <= over["in_worker"]["p99"]
 
     measured = [p for p in phases if p["kind"] in ("load", "burst")]
     loads = {p["config"]: p for p in measured if p["kind"] == "load"}
@@ -107,8 +117,8 @@ def test_bench_runs_the_purchases_pipeline_on_its_real_log(tmp_path: Path) -> No
     result = CliRunner().invoke(
         main,
         ["bench", "--pipeline", "purchases", "--events", "3000", "--partitions", "4",
-         "--configs", "a,e", "--latency-loads", "", "--burst", "0", "--output", str(tmp_path),
-         "--name", "p"],
+         "--configs", "a,e", "--latency-loads", "", "--burst", "0", "--overload", "0",
+         "--output", str(tmp_path), "--name", "p"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = orjson.loads((tmp_path / "results-p.json").read_bytes())
@@ -145,6 +155,7 @@ def test_bench_refuses_an_unknown_configuration(tmp_path: Path) -> None:
             "pads the fraud events only",
         ),
         (["--pipeline", "nosuch", "--configs", "a"], "unknown pipeline 'nosuch'"),
+        (["--configs", "a", "--overload", "0.9"], "--overload must be 0 (none) or above 1"),
         (["--pipeline", "tests.pipelines.visits:pipeline", "--configs", "a"], "declares no sample"),
     ],
 )

@@ -164,6 +164,38 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     assert "`streamscore bench --events 100`" in text
 
 
+def test_overload_is_reported_with_in_flight_paused_partitions_and_the_degraded_share() -> None:
+    options = Options(Workload(100, 10, 2), configs=("a",), overload=1.5,
+                      overload_deadline_ms=250.0)  # fmt: skip
+    results = Results(options, mean_value_bytes=150.0)
+    results.phases += [
+        _phase("a", "drain"),
+        _phase(
+            "a",
+            "overload",
+            offered_rate=1851.0,
+            records=3000,
+            scored=2000,
+            rate=1500.0,
+            in_worker=Percentiles(8.4, 15, 21.6, math.nan),
+            max_in_flight=4096.0,
+            max_paused=8.0,
+            degraded=500,
+            deadline_missed=480,
+            process_cpu=0.9,
+            bench_cpu=0.3,
+        ),
+    ]
+    text = markdown(results, "streamscore bench --events 100", [])
+    assert "## Overload: offered past the drain peak" in text
+    assert "`STREAMSCORE_DEADLINE_MS=250`" in text
+    row = (
+        "| (a) streamscore | 1,851 | 1,500 | 3,000 | **8 / 22** | 10 / 30 | 4,096 | 8 "
+        "| 500 (25.0%) | 480 | 0.90 / 0.30 |"
+    )
+    assert row in text
+
+
 def test_cpu_trace_charges_a_span_between_its_samples() -> None:
     trace = CpuTrace({"p": os.getpid()})
     trace._samples = [(1000.0, {"p": 1.0}), (2000.0, {"p": 3.0}), (3000.0, {"p": 3.0})]
