@@ -27,6 +27,12 @@ _MIB = 2**20
 _NONE = "-"  # a cell with nothing measured
 
 
+def inherited_settings() -> dict[str, str]:
+    """``STREAMSCORE_*`` variables where the bench runs: every streamscore worker it starts
+    inherits them, so a run with any of them set is not streamscore as shipped."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("STREAMSCORE_")}
+
+
 def machine() -> str:
     """One line about where the numbers come from."""
     cpu = "unknown CPU"
@@ -146,6 +152,17 @@ def _rounds(results: Results) -> list[str]:
     return lines
 
 
+def _settings_line() -> list[str]:
+    settings = inherited_settings()
+    if not settings:
+        return []
+    spelled = " ".join(f"`{k}={v}`" for k, v in settings.items())
+    return [
+        f"- settings from the environment, in every streamscore worker of this run: {spelled} "
+        "(so streamscore here is not as shipped where these differ from the defaults)"
+    ]
+
+
 def markdown(results: Results, command: str, plots: list[str]) -> str:
     options = results.options
     workload = options.workload
@@ -153,6 +170,7 @@ def markdown(results: Results, command: str, plots: list[str]) -> str:
         f"# streamscore bench — {time.strftime('%Y-%m-%d %H:%M %Z')}",
         "",
         f"- command: `{command}`",
+        *_settings_line(),
         f"- machine: {machine()}",
         f"- code: {revision()}; one embedded broker (Tansu) for every configuration",
         f"- pipeline: {workload.pipeline}"
@@ -324,6 +342,7 @@ def to_json(results: Results, command: str) -> bytes:
 
     data = {
         "command": command,
+        "settings": inherited_settings(),
         "machine": machine(),
         "revision": revision(),
         "mean_value_bytes": results.mean_value_bytes,

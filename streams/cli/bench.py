@@ -18,7 +18,7 @@ import click
 from benchmarks.configs import CONFIGS, Kind
 from benchmarks.exceptions import BenchmarkError, EventsLost
 from benchmarks.preload import Workload
-from benchmarks.report import write
+from benchmarks.report import inherited_settings, write
 from benchmarks.runner import Basis, Options, run
 from streams.cli.common import EXIT_USAGE, fail, settings_or_exit
 from streams.pipeline import PipelineError, load_pipeline
@@ -32,8 +32,9 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The run's every option, spelled out: the report says exactly how to repeat it."""
-    argv = ["streamscore", "bench"]
+    """The run's every option (and the settings it passes on), spelled out: the report says
+    exactly how to repeat it."""
+    argv = [f"{k}={v}" for k, v in inherited_settings().items()] + ["streamscore", "bench"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if isinstance(param, click.Option) and value is not None and param.opts:

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import orjson
 import pytest
@@ -26,6 +27,8 @@ from benchmarks.preload import InputStream, Workload
 from benchmarks.report import markdown
 from benchmarks.runner import Options, Phase, Results
 from pipelines.fraud.features import NUMERIC_FEATURES
+from streams.cli.bench import _command_line
+from streams.cli.bench import bench as bench_command
 from streams.harness import histogram_buckets
 
 
@@ -162,6 +165,22 @@ def test_report_has_a_row_per_phase_and_says_what_was_lost(tmp_path: Path) -> No
     assert "## Lost events" in text
     assert "(c) naive Faust, drain: 7 of 100" in text
     assert "`streamscore bench --events 100`" in text
+
+
+def test_settings_in_the_environment_are_named_in_the_command_and_the_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker inherits the bench's STREAMSCORE_* variables: the report must say so."""
+    options = Options(Workload(100, 10, 2), configs=("a",))
+    results = Results(options, mean_value_bytes=150.0)
+    results.phases.append(_phase("a", "drain"))
+    assert "settings from the environment" not in markdown(results, "streamscore bench", [])
+    monkeypatch.setenv("STREAMSCORE_MAX_IN_FLIGHT", "1024")
+    text = markdown(results, "streamscore bench", [])
+    assert "in every streamscore worker of this run: `STREAMSCORE_MAX_IN_FLIGHT=1024`" in text
+    ctx = click.Context(bench_command, info_name="bench")
+    ctx.params = {"n_events": 100}
+    assert _command_line(ctx).startswith("STREAMSCORE_MAX_IN_FLIGHT=1024 streamscore bench ")
 
 
 def test_overload_is_reported_with_in_flight_paused_partitions_and_the_degraded_share() -> None:
