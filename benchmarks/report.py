@@ -22,6 +22,7 @@ import orjson
 from benchmarks.configs import CONFIGS, Kind
 from benchmarks.measure import Percentiles
 from benchmarks.runner import WARM_UP_S, Phase, Results
+from streams.settings import ENV_PREFIX, Settings
 
 _MIB = 2**20
 _NONE = "-"  # a cell with nothing measured
@@ -29,8 +30,18 @@ _NONE = "-"  # a cell with nothing measured
 
 def inherited_settings() -> dict[str, str]:
     """``STREAMSCORE_*`` variables where the bench runs: every streamscore worker it starts
-    inherits them, so a run with any of them set is not streamscore as shipped."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("STREAMSCORE_")}
+    inherits them, so a run with any of them set is not streamscore as shipped. Secrets
+    (the settings typed ``SecretStr``) are named, their values not written."""
+    secret = {
+        f"{ENV_PREFIX}{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    }
+    return {
+        k: "***" if k in secret else v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("STREAMSCORE_")
+    }
 
 
 def machine() -> str:

@@ -34,12 +34,13 @@ def _floats(text: str) -> tuple[float, ...]:
 def _command_line(ctx: click.Context) -> str:
     """The run's every option (and the settings it passes on), spelled out: the report says
     exactly how to repeat it."""
-    argv = [f"{k}={v}" for k, v in inherited_settings().items()] + ["streamscore", "bench"]
+    settings = [f"{k}={shlex.quote(v)} " for k, v in inherited_settings().items()]
+    argv = ["streamscore", "bench"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if isinstance(param, click.Option) and value is not None and param.opts:
             argv += [param.opts[0], str(value)]
-    return shlex.join(argv)
+    return "".join(settings) + shlex.join(argv)
 
 
 def _default_quix_python() -> Path:

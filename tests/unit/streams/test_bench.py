@@ -176,11 +176,20 @@ def test_settings_in_the_environment_are_named_in_the_command_and_the_report(
     results.phases.append(_phase("a", "drain"))
     assert "settings from the environment" not in markdown(results, "streamscore bench", [])
     monkeypatch.setenv("STREAMSCORE_MAX_IN_FLIGHT", "1024")
+    monkeypatch.setenv("STREAMSCORE_KAFKA_SASL_PASSWORD", "hunter2")
     text = markdown(results, "streamscore bench", [])
-    assert "in every streamscore worker of this run: `STREAMSCORE_MAX_IN_FLIGHT=1024`" in text
+    assert "`STREAMSCORE_KAFKA_SASL_PASSWORD=***`" in text
+    assert "hunter2" not in text
+    assert (
+        "in every streamscore worker of this run: `STREAMSCORE_KAFKA_SASL_PASSWORD=***` "
+        "`STREAMSCORE_MAX_IN_FLIGHT=1024`" in text
+    )
     ctx = click.Context(bench_command, info_name="bench")
     ctx.params = {"n_events": 100}
-    assert _command_line(ctx).startswith("STREAMSCORE_MAX_IN_FLIGHT=1024 streamscore bench ")
+    command = _command_line(ctx)
+    assert command.startswith(
+        "STREAMSCORE_KAFKA_SASL_PASSWORD='***' STREAMSCORE_MAX_IN_FLIGHT=1024 streamscore bench "
+    )
 
 
 def test_overload_is_reported_with_in_flight_paused_partitions_and_the_degraded_share() -> None:
