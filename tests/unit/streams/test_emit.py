@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,3 +328,28 @@ async def test_acknowledgement_time_is_reported_per_group() -> None:
     assert len(waits) == 1
     assert 0.02 <= waits[0] < 5
     await em.close()
+
+
+def test_an_attempt_is_done_once_when_reports_and_refusals_race() -> None:
+    """Reports count on the polling thread while refusals count on the loop: done exactly once,
+    after the last of them, with every refusal kept."""
+    calls: list[int] = []
+
+    class Loop:
+        def call_soon_threadsafe(self, callback: Any, attempt: Any) -> None:
+            calls.append(len(attempt.failed))
+
+    reports, refusals = 200_000, 1_000
+    attempt = emit._Attempt(reports + refusals, lambda a: None, Loop(), False, None)  # type: ignore[arg-type]
+    refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+    def poll() -> None:
+        for _ in range(reports):
+            attempt.ack(None, None)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    for _ in range(refusals):
+        attempt.refuse(Outgoing("t", None, b"x"), refused)
+    thread.join()
+    assert calls == [refusals]
