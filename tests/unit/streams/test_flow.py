@@ -22,16 +22,18 @@ async def test_chunks_fetched_before_a_drain_are_refused() -> None:
     assert flow.admit("p0", flow.intake_epoch, [2, 3]) == 0
 
 
-async def test_backpressure_pauses_at_the_limit_and_resumes_below_half() -> None:
-    flow, metrics = make(max_in_flight=10)
-    flow.admit("p0", 0, list(range(9)))
+async def test_backpressure_pauses_at_the_limit_and_resumes_below_a_quarter() -> None:
+    flow, metrics = make(max_in_flight=12)
+    flow.admit("p0", 0, list(range(11)))
     assert not flow.paused
-    flow.admit("p0", 0, [9])
+    flow.admit("p0", 0, [11])
     assert flow.paused
-    assert metrics.in_flight._value.get() == 10
-    flow.finish("p0", range(5), flow.generation)  # 5 left: not below half yet
+    assert metrics.in_flight._value.get() == 12
+    flow.finish("p0", range(6), flow.generation)  # 6 left: below half, still paused
     assert flow.paused
-    flow.finish("p0", [5], flow.generation)
+    flow.finish("p0", range(6, 9), flow.generation)  # 3 left: not below a quarter yet
+    assert flow.paused
+    flow.finish("p0", [9], flow.generation)
     assert not flow.paused
     await asyncio.wait_for(flow.wait_resumed(1.0), 1.0)
 
