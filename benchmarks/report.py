@@ -40,7 +40,7 @@ def inherited_settings() -> dict[str, str]:
     return {
         k: "***" if k in secret else v
         for k, v in sorted(os.environ.items())
-        if k.startswith("STREAMSCORE_")
+        if k.startswith(ENV_PREFIX)
     }
 
 
