@@ -111,7 +111,6 @@ class Metrics:
     arrival: BulkHistogram
     processing: BulkHistogram
     in_flight: Gauge
-    in_flight_limit: Gauge
     paused_partitions: Gauge
     model_info: Gauge
     scores: Counter
@@ -181,12 +180,6 @@ class Metrics:
             ),
             in_flight=Gauge(
                 "streamscore_in_flight", "Events consumed and not yet emitted.", registry=registry
-            ),
-            in_flight_limit=Gauge(
-                "streamscore_in_flight_limit",
-                "Events in flight at which intake pauses now: STREAMSCORE_MAX_IN_FLIGHT, or"
-                " less while the worker's latency is above STREAMSCORE_LATENCY_TARGET_MS.",
-                registry=registry,
             ),
             paused_partitions=Gauge(
                 "streamscore_paused_partitions", "Partitions paused by backpressure.",

@@ -20,7 +20,6 @@ from confluent_kafka import OFFSET_BEGINNING
 from models.execution import ExecutionOptions
 from schemas.rollout import PlanError, RolloutPlan
 from streams.errors import BrokerError, ConfigError
-from streams.kafka.admission import AdmissionLimit
 from streams.kafka.bulk import BulkConsumer, Sink
 from streams.kafka.emit import Emitter, producer_size_config
 from streams.kafka.flow import Flow
@@ -105,12 +104,7 @@ class Runtime:
         settings = for_pipeline(settings, self.pipeline)
         self.settings = settings
         self.metrics = metrics or Metrics.create()
-        admission = AdmissionLimit(
-            settings.max_in_flight,
-            settings.latency_target_ms / 1000,
-            floor=2 * settings.max_batch_size,
-        )
-        self.flow = Flow(settings.max_in_flight, self.metrics, admission)
+        self.flow = Flow(settings.max_in_flight, self.metrics)
         self.cluster: Cluster | None = None
         self.emitter: Emitter | TransactionalEmitter | None = None
         self.exactly_once: ExactlyOnce | None = None

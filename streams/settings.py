@@ -73,13 +73,6 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="events between consume and emit before intake pauses",
     )
-    latency_target_ms: float = Field(
-        20.0,
-        ge=0,
-        le=600_000,
-        description="the worker's latency (fetch to score handed to the producer) the in-flight"
-        " limit steers to, below STREAMSCORE_MAX_IN_FLIGHT (0: the fixed bound)",
-    )
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:N")
     model: str | None = Field(None, description="model artifact path or registry name")
     web_port: int = Field(6066, ge=1, le=65_535, description="HTTP port for /metrics and /health/*")

@@ -204,7 +204,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         limit = thread._ensure_consumer()._max_poll_records
         flow = self._flow
         if flow is not None:
-            limit = max(1, min(limit, flow.room))
+            limit = max(1, min(limit, flow.max_in_flight - flow.in_flight))
         try:
             return await self._fetch_records(active, timeout, limit)
         except UnicodeDecodeError as exc:

@@ -24,7 +24,6 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.kafka.admission import AdmissionLimit
 from streams.kafka.ordering import OffsetTracker
 from streams.metrics import Metrics
 
@@ -34,25 +33,13 @@ log = logging.getLogger(__name__)
 class Flow:
     """In-flight accounting for the bulk topics of one worker."""
 
-    def __init__(
-        self, max_in_flight: int, metrics: Metrics, admission: AdmissionLimit | None = None
-    ) -> None:
+    def __init__(self, max_in_flight: int, metrics: Metrics) -> None:
         self.tracker = OffsetTracker()
         self.max_in_flight = max_in_flight
-        #: Moves ``limit`` below ``max_in_flight`` to keep the worker's latency at its target.
-        self.admission = admission
-        #: Events fetched and not yet handed to the producer at which intake pauses: the
-        #: queue that makes events wait in the worker. Events handed over and waiting for
-        #: the broker's acknowledgement wait for nobody, so only the bound counts them.
-        self.limit = max_in_flight
-        # Resume below a quarter, not half: each pause-resume cycle then admits three
-        # quarters in large fetches instead of half in smaller ones (fraud, 1,024 in
+        # Resume at a quarter, not half: each pause-resume cycle then admits three quarters
+        # of the bound in large fetches instead of half in smaller ones (fraud, 1,024 in
         # flight: 62-66k -> 75k events/s drained, the worker's p99 unchanged).
         self.resume_below = max(1, max_in_flight // 4)
-        self.handed = 0  # events handed to the producer, not yet acknowledged
-        self._full = False  # paused at the bound, until below a quarter of it
-        self._queue_full = False  # paused at the limit, until below a quarter of it
-        metrics.in_flight_limit.set(max_in_flight)
         self.intake_epoch = 0
         self.generation = 0
         self.paused = False
@@ -114,29 +101,6 @@ class Flow:
     def in_flight(self) -> int:
         return self.tracker.in_flight
 
-    @property
-    def queued(self) -> int:
-        """Events in flight that are not yet handed to the producer."""
-        return max(0, self.tracker.in_flight - self.handed)
-
-    @property
-    def room(self) -> int:
-        """How many more events may be fetched now."""
-        return min(self.max_in_flight - self.tracker.in_flight, self.limit - self.queued)
-
-    def handed_over(self, count: int, worst_s: float) -> None:
-        """``count`` events went to the producer, the oldest ``worst_s`` after its fetch."""
-        self.handed += count
-        admission = self.admission
-        if admission is not None and admission.observe(worst_s):
-            self.limit = admission.limit
-            self._metrics.in_flight_limit.set(self.limit)
-        self._changed()
-
-    def acknowledged(self, count: int) -> None:
-        """The broker took the outputs of ``count`` events handed over (finished next)."""
-        self.handed -= count
-
     def _changed(self) -> None:
         in_flight = self.tracker.in_flight
         self._metrics.in_flight.set(in_flight)
@@ -144,27 +108,11 @@ class Flow:
             self._quiet.set()
         else:
             self._quiet.clear()
-        # Two thresholds, each with its own hysteresis: the bound on all events held, and
-        # the limit on those not yet handed to the producer. Resuming waits only for the
-        # one that paused: events waiting for acknowledgements do not hold back a queue
-        # that has emptied.
-        if in_flight >= self.max_in_flight:
-            self._full = True
-        elif in_flight < self.resume_below:
-            self._full = False
-        queued = max(0, in_flight - self.handed)
-        if queued >= self.limit:
-            if not self._queue_full and self.admission is not None:
-                self.admission.held()
-            self._queue_full = True
-        elif queued < max(1, self.limit // 4):
-            self._queue_full = False
-        paused = self._full or self._queue_full or bool(self.holds)
-        if paused and not self.paused:
+        if not self.paused and (in_flight >= self.max_in_flight or self.holds):
             self.paused = True
             self._resumed.clear()
             log.debug("intake paused: %d events in flight, holds %s", in_flight, self.holds)
-        elif self.paused and not paused:
+        elif self.paused and in_flight < self.resume_below and not self.holds:
             self.paused = False
             self._resumed.set()
 

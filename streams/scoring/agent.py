@@ -379,7 +379,6 @@ class ScoringPipeline:
             stamps = stamps[emitted]
 
         def delivered(report: Delivered) -> None:
-            self.flow.acknowledged(len(sources))
             ok = sources
             if report.failures:  # the broker will never take these: their events are dead letters
                 ok = self._emit_failed(messages, sources, report, generation, states)
@@ -403,9 +402,9 @@ class ScoringPipeline:
         routing = _record_sources(sources) if self._per_source else None
         self.emitter.send(messages, delivered, source=routing)
         fetched = np.fromiter((part.fetched_at for part in parts), np.float64, len(parts))
-        waited = scored_ts - fetched
-        self.metrics.processing.observe_many(waited, np.asarray(scored_per_part, dtype=np.int64))
-        self.flow.handed_over(len(sources), float(waited.max()))
+        self.metrics.processing.observe_many(
+            scored_ts - fetched, np.asarray(scored_per_part, dtype=np.int64)
+        )
 
     # -- the shadow ------------------------------------------------------------------------
     def _shadow(
