@@ -15,9 +15,10 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
+from pydantic import SecretStr
 
 from benchmarks.configs import CONFIGS, Kind
 from benchmarks.measure import Percentiles
@@ -35,7 +36,7 @@ def inherited_settings() -> dict[str, str]:
     secret = {
         f"{ENV_PREFIX}{name.upper()}"
         for name, field in Settings.model_fields.items()
-        if "SecretStr" in str(field.annotation)
+        if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
     }
     return {
         k: "***" if k in secret else v
