@@ -45,7 +45,13 @@ class DaemonThread:
             except RuntimeError:  # the loop closed in between
                 continue
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs (after :meth:`close`: its last call has not returned)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
+        """End the thread once the calls submitted so far have returned."""
         self._calls.put(None)
 
 

@@ -439,7 +439,7 @@ class ScoringPipeline:
 
         async def run() -> None:
             try:
-                scored = await asyncio.wait_for(shadow.score(subset), timeout)
+                scored = await shadow.score_within(subset, timeout)
             except Exception as exc:  # the shadow's failures never touch the primary path
                 log.warning("shadow model %s failed: %r", shadow.model.ref, exc)
                 shed.labels("failed").inc(len(rows))

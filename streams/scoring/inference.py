@@ -9,7 +9,9 @@ that one event.
 
 The thread is a daemon: a model call that hangs (the ladder gives up on it
 after ``STREAMSCORE_MODEL_TIMEOUT_MS``) must not keep the process from
-exiting.
+exiting. Once a call is given up, later calls go to a fresh thread
+(:meth:`Inference.abandon`): the next batch never queues behind a call that
+may never return.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from streams.errors import ConfigError, InferenceError, NonFiniteScore
 from streams.threads import DaemonThread
 
 log = logging.getLogger(__name__)
+
+#: Threads still running a call given up on, at most, per model: past it, a model that
+#: hangs on every call gets its calls queued again rather than a thread each.
+MAX_ABANDONED_THREADS = 4
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -89,6 +95,7 @@ class Inference:
         self.model = model
         self.threads = threads or default_torch_threads()
         self._thread = DaemonThread(f"streamscore-model-{model.name}")
+        self._abandoned: list[DaemonThread] = []  # each still running a call given up on
 
     @property
     def device(self) -> torch.device:
@@ -111,6 +118,38 @@ class Inference:
     def score(self, raw: ModelInput) -> asyncio.Future[Scored]:
         """Score on the model thread; the future resolves on the calling loop."""
         return self._thread.submit(lambda: self._timed(raw))
+
+    async def score_within(self, raw: ModelInput, timeout: float) -> Scored:
+        """:meth:`score`, given up on after ``timeout`` seconds (``TimeoutError``); a call
+        given up on is left to its thread, and later calls go to a fresh one."""
+        try:
+            return await asyncio.wait_for(self.score(raw), timeout)
+        except TimeoutError:
+            self.abandon()  # the next call must not queue behind this one
+            raise
+
+    def abandon(self) -> bool:
+        """A call outlived the model timeout: send later calls to a fresh thread.
+
+        The call given up on keeps its thread until it returns (the thread then
+        ends), so the next batch does not wait behind it; torch's thread count is
+        set again on the new thread first. False when
+        :data:`MAX_ABANDONED_THREADS` are still stuck: the calls then queue.
+        """
+        self._abandoned = [thread for thread in self._abandoned if thread.alive]
+        if len(self._abandoned) >= MAX_ABANDONED_THREADS:
+            return False
+        stuck = self._thread
+        stuck.close()
+        self._abandoned.append(stuck)
+        self._thread = DaemonThread(f"streamscore-model-{self.model.name}")
+        threads = self.threads
+        self._thread.submit(lambda: torch.set_num_threads(threads))
+        log.warning(
+            "model %s: a call was given up on; later calls go to a new thread (%d still stuck)",
+            self.model.ref, len(self._abandoned),
+        )  # fmt: skip
+        return True
 
     def _timed(self, raw: ModelInput) -> Scored:
         started = time.perf_counter()

@@ -22,7 +22,6 @@ A score from anything but the primary is ``degraded`` and names the model
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
@@ -248,7 +247,7 @@ class Ladder:
         started = time.perf_counter()
         key = model_key(inference)
         try:
-            scored = await asyncio.wait_for(inference.score(subset), self.timeout)
+            scored = await inference.score_within(subset, self.timeout)
         except TimeoutError:
             log.error(
                 "model %s did not answer within %.0f ms", inference.model.name, self.timeout * 1e3
@@ -265,12 +264,12 @@ class Ladder:
     @staticmethod
     def take(outcome: Outcome, rows: Sequence[int], scored: Scored, route: int) -> None:
         """Write ``scored`` (scores of ``rows``, in order) into ``outcome`` where it succeeded."""
-        ok = [p for p in range(len(rows)) if p not in scored.failures]
-        if len(ok) == len(rows):
+        if not scored.failures:  # the usual batch: no per-row check
             index: npt.NDArray[np.intp] | list[int] = np.asarray(rows, dtype=np.intp)
             outcome.scores[index] = scored.scores
             outcome.route[index] = route
             return
+        ok = [p for p in range(len(rows)) if p not in scored.failures]
         targets = [rows[p] for p in ok]
         outcome.scores[targets] = scored.scores[ok]
         outcome.route[targets] = route

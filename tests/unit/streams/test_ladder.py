@@ -10,8 +10,8 @@ import torch
 
 from pipelines.fraud.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, RawFeatures
 from streams.clock import FakeClock
-from streams.scoring.inference import Inference
-from streams.scoring.ladder import Breaker, BreakerState, Ladder, Route
+from streams.scoring.inference import MAX_ABANDONED_THREADS, Inference
+from streams.scoring.ladder import Breaker, BreakerState, Ladder, Outcome, Route
 
 POISON = 666.0
 
@@ -162,3 +162,60 @@ def test_breaker_rejects_a_second_probe_while_one_is_out() -> None:
     assert not breaker.allow()
     breaker.success()
     assert breaker.allow()
+
+
+async def test_after_a_timeout_the_next_call_does_not_wait_behind_the_stuck_one() -> None:
+    lad, primary, lighter, _ = ladder()
+    primary.hang.set()  # this call sleeps 0.5 s, past the 0.2 s timeout
+    outcome = await lad.score(raw_of([100.0]), now_times(1))
+    assert outcome.route.tolist() == [Route.FALLBACK]
+    primary.hang.clear()
+    started = time.monotonic()
+    outcome = await lad.score(raw_of([200.0]), now_times(1))
+    # Queued behind the stuck call it would have waited its 0.3 s left, past the timeout.
+    assert outcome.route.tolist() == [Route.PRIMARY]
+    assert np.allclose(outcome.scores, [0.2])
+    assert time.monotonic() - started < 0.2
+    assert lighter.calls == 1
+
+
+class StuckModel(FakeModel):
+    """Every call blocks until released."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = threading.Event()
+
+    def predict(self, raw: RawFeatures) -> np.ndarray:
+        self.calls += 1
+        self.release.wait(10.0)
+        return np.zeros(len(raw), dtype=np.float32)
+
+
+def model_threads(name: str) -> int:
+    return sum(t.name == f"streamscore-model-{name}" for t in threading.enumerate())
+
+
+async def test_a_model_stuck_on_every_call_gets_a_bounded_number_of_threads() -> None:
+    stuck = StuckModel("stuck")
+    inference = Inference(stuck)  # type: ignore[arg-type]
+    lad = Ladder(
+        inference, None, default_score=0.5, timeout=0.05, deadline=None,
+        breaker=Breaker(failures=3, cooldown=10.0, clock=FakeClock()),
+    )  # fmt: skip
+    raw = raw_of([1.0, 2.0])
+    try:
+        for _ in range(MAX_ABANDONED_THREADS + 3):
+            outcome = Outcome.unscored(2)
+            assert await lad.call(inference, raw, [0, 1], outcome) is None
+            assert outcome.timeouts == {("stuck", "1", "cpu"): 1}
+        # The first calls each ran on a thread of their own; past the cap they queued.
+        assert stuck.calls == MAX_ABANDONED_THREADS + 1
+        assert model_threads("stuck") == MAX_ABANDONED_THREADS + 1
+    finally:
+        stuck.release.set()
+        inference.close()
+    for thread in threading.enumerate():
+        if thread.name == "streamscore-model-stuck":
+            thread.join(5.0)
+    assert model_threads("stuck") == 0  # released, the stuck threads end
