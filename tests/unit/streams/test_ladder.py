@@ -170,12 +170,10 @@ async def test_after_a_timeout_the_next_call_does_not_wait_behind_the_stuck_one(
     outcome = await lad.score(raw_of([100.0]), now_times(1))
     assert outcome.route.tolist() == [Route.FALLBACK]
     primary.hang.clear()
-    started = time.monotonic()
     outcome = await lad.score(raw_of([200.0]), now_times(1))
     # Queued behind the stuck call it would have waited its 0.3 s left, past the timeout.
     assert outcome.route.tolist() == [Route.PRIMARY]
     assert np.allclose(outcome.scores, [0.2])
-    assert time.monotonic() - started < 0.2
     assert lighter.calls == 1
 
 
