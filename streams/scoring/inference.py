@@ -94,7 +94,7 @@ class Inference:
     def __init__(self, model: ScoringModel, *, threads: int | None = None) -> None:
         self.model = model
         self.threads = threads or default_torch_threads()
-        self._thread = DaemonThread(f"streamscore-model-{model.name}")
+        self._thread = self._new_thread()
         self._abandoned: list[DaemonThread] = []  # each still running a call given up on
 
     @property
@@ -128,28 +128,30 @@ class Inference:
             self.abandon()  # the next call must not queue behind this one
             raise
 
-    def abandon(self) -> bool:
+    def _new_thread(self) -> DaemonThread:
+        return DaemonThread(f"streamscore-model-{self.model.name}")
+
+    def abandon(self) -> None:
         """A call outlived the model timeout: send later calls to a fresh thread.
 
         The call given up on keeps its thread until it returns (the thread then
         ends), so the next batch does not wait behind it; torch's thread count is
-        set again on the new thread first. False when
-        :data:`MAX_ABANDONED_THREADS` are still stuck: the calls then queue.
+        set again on the new thread first. While :data:`MAX_ABANDONED_THREADS`
+        are still stuck, nothing changes: the calls then queue.
         """
         self._abandoned = [thread for thread in self._abandoned if thread.alive]
         if len(self._abandoned) >= MAX_ABANDONED_THREADS:
-            return False
+            return
         stuck = self._thread
         stuck.close()
         self._abandoned.append(stuck)
-        self._thread = DaemonThread(f"streamscore-model-{self.model.name}")
+        self._thread = self._new_thread()
         threads = self.threads
         self._thread.submit(lambda: torch.set_num_threads(threads))
         log.warning(
             "model %s: a call was given up on; later calls go to a new thread (%d still stuck)",
             self.model.ref, len(self._abandoned),
         )  # fmt: skip
-        return True
 
     def _timed(self, raw: ModelInput) -> Scored:
         started = time.perf_counter()
